@@ -12,9 +12,23 @@
 pub mod bencode;
 pub mod bep42;
 pub mod bep44;
+pub mod config;
+mod dht;
 pub mod id;
 pub mod krpc;
+pub mod lookup;
+mod query;
+pub mod routing_table;
+mod server;
+pub mod stats;
+pub mod store;
+pub mod token;
 
 pub use bencode::Value;
+pub use config::{Config, DEFAULT_ALPHA, DEFAULT_K};
+pub use dht::{Dht, Transmit};
 pub use id::{Distance, NodeId};
 pub use krpc::{Message, NodeInfo};
+pub use query::{Event, Outcome, QueryId, QueryStats};
+pub use stats::Stats;
+pub use store::{Item, MemoryStore, RecordStore};

@@ -1,0 +1,205 @@
+//! The node's task: one UDP socket, one core, one timer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use peerchat_kad::krpc::MAX_DATAGRAM;
+use peerchat_kad::{Config, Dht, Event, NodeId, Outcome, QueryId, QueryStats};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::NodeError;
+use crate::handle::{Command, NodeHandle, NodeSnapshot, QueryKind};
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// UDP address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The node id; `None`: random (the caller derives a BEP 42 id for public addresses).
+    pub id: Option<NodeId>,
+    /// Seed of the core's RNG; `None`: from the operating system.
+    pub seed: Option<u64>,
+    /// Parameters of the DHT core.
+    pub dht: Config,
+}
+
+impl NodeConfig {
+    /// Defaults on this listen address.
+    pub fn new(listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            listen,
+            id: None,
+            seed: None,
+            dht: Config::default(),
+        }
+    }
+}
+
+/// Binds the socket and starts the node's task. Call from a tokio runtime.
+pub async fn spawn(config: NodeConfig) -> Result<(NodeHandle, JoinHandle<()>), NodeError> {
+    let socket = UdpSocket::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = socket.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let seed = config.seed.unwrap_or_else(rand::random);
+    let id = config.id.unwrap_or_else(|| {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x5eed);
+        NodeId::random(&mut rng)
+    });
+    let dht = Dht::new(config.dht, id, seed, Instant::now());
+    let (tx, rx) = mpsc::channel(64);
+    let live = Arc::new(AtomicUsize::new(0));
+    let handle = NodeHandle {
+        tx,
+        id,
+        addr,
+        live_contacts: live.clone(),
+    };
+    let task = tokio::spawn(run(dht, socket, addr, rx, live));
+    Ok((handle, task))
+}
+
+/// Runs the core until shutdown or until every handle is dropped.
+async fn run(
+    mut dht: Dht,
+    socket: UdpSocket,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Command>,
+    live: Arc<AtomicUsize>,
+) {
+    let mut waiting: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>> = HashMap::new();
+    // One byte more than the largest datagram we accept, to tell an oversized one.
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let start = tokio::time::Instant::now();
+    let start_std = Instant::now();
+    let sleep = tokio::time::sleep_until(start);
+    tokio::pin!(sleep);
+    loop {
+        if let Some(t) = dht.poll_timeout() {
+            let t = start + t.saturating_duration_since(start_std);
+            if sleep.deadline() != t {
+                sleep.as_mut().reset(t);
+            }
+        }
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    if n <= MAX_DATAGRAM {
+                        dht.handle_datagram(from, &buf[..n], Instant::now());
+                    }
+                    // Drain what else is queued without going back to the reactor.
+                    for _ in 0..64 {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) if n <= MAX_DATAGRAM => dht.handle_datagram(from, &buf[..n], Instant::now()),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here on Linux; they are
+                    // not fatal for a UDP node.
+                    tracing::trace!(%addr, "recv error: {e}");
+                }
+            },
+            cmd = rx.recv() => match cmd {
+                Some(Command::Query(kind, reply)) => {
+                    let now = Instant::now();
+                    let q = start_query(&mut dht, kind, now);
+                    waiting.insert(q, reply);
+                }
+                Some(Command::Snapshot(reply)) => {
+                    let _ = reply.send(NodeSnapshot {
+                        id: dht.id(),
+                        addr,
+                        contacts: dht.routing_table().nodes().map(|e| e.node).collect(),
+                        stats: dht.stats().clone(),
+                        items: peerchat_kad::RecordStore::item_count(dht.store()),
+                    });
+                }
+                Some(Command::Shutdown) | None => break,
+            },
+            () = &mut sleep => {
+                dht.handle_timeout(Instant::now());
+            }
+        }
+        flush(&mut dht, &socket, &mut waiting).await;
+        let n = dht
+            .routing_table()
+            .nodes()
+            .filter(|e| e.failures == 0)
+            .count();
+        live.store(n, Ordering::Relaxed);
+    }
+}
+
+fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
+    match kind {
+        QueryKind::Bootstrap(addrs) => dht.bootstrap(&addrs, now),
+        QueryKind::FindNode(t) => dht.find_node(t, now),
+        QueryKind::GetPeers(t) => dht.get_peers(t, now),
+        QueryKind::Announce(t, port) => dht.announce_peer(t, port, now),
+        QueryKind::GetImmutable(t) => dht.get_immutable(t, now),
+        // The handle checked the value already; a failure here cannot happen, but
+        // answer it as a lookup of nothing rather than panic.
+        QueryKind::PutImmutable(v) => match dht.put_immutable(v, now) {
+            Ok((q, _)) => q,
+            Err(_) => dht.find_node(NodeId::ZERO, now),
+        },
+        QueryKind::GetMutable(k, salt, seq) => dht.get_mutable(k, salt, seq, now),
+        QueryKind::PutMutable(item, cas) => match dht.put_mutable(item, cas, now) {
+            Ok(q) => q,
+            Err(_) => dht.find_node(NodeId::ZERO, now),
+        },
+        QueryKind::Ping(addr) => dht.ping(addr, now),
+    }
+}
+
+/// Sends what the core wants sent and hands finished queries to their callers.
+async fn flush(
+    dht: &mut Dht,
+    socket: &UdpSocket,
+    waiting: &mut HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
+) {
+    while let Some(ev) = dht.poll_event() {
+        match ev {
+            Event::QueryDone { id, outcome, stats } => {
+                if let Some(tx) = waiting.remove(&id) {
+                    let _ = tx.send((outcome, stats));
+                }
+            }
+            Event::Bootstrapped { contacts } => tracing::debug!(contacts, "bootstrapped"),
+            Event::ExternalAddress(a) => tracing::info!(%a, "peers see us at this address"),
+            Event::Query { from, tid, .. } => {
+                // No extension handler on a bare DHT node.
+                dht.respond_error(
+                    from,
+                    tid,
+                    peerchat_kad::krpc::code::METHOD_UNKNOWN,
+                    "Method Unknown",
+                );
+            }
+        }
+    }
+    while let Some(t) = dht.poll_transmit() {
+        match socket.try_send_to(&t.payload, t.dst) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = socket.send_to(&t.payload, t.dst).await;
+            }
+            Err(e) => tracing::trace!(dst = %t.dst, "send error: {e}"),
+        }
+    }
+}

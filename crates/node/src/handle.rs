@@ -1,0 +1,223 @@
+//! The caller's side of a running node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use peerchat_kad::bep44::MutableItem;
+use peerchat_kad::{NodeId, NodeInfo, Outcome, QueryStats, Stats, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NodeError;
+
+/// A request to the node's task.
+pub(crate) enum Command {
+    /// Start a query; the answer comes back on the channel.
+    Query(QueryKind, oneshot::Sender<(Outcome, QueryStats)>),
+    /// Report a snapshot.
+    Snapshot(oneshot::Sender<NodeSnapshot>),
+    /// Stop the task.
+    Shutdown,
+}
+
+/// Queries a caller can start.
+pub(crate) enum QueryKind {
+    Bootstrap(Vec<SocketAddr>),
+    FindNode(NodeId),
+    GetPeers(NodeId),
+    Announce(NodeId, Option<u16>),
+    GetImmutable(NodeId),
+    PutImmutable(Value),
+    GetMutable([u8; 32], Vec<u8>, Option<i64>),
+    PutMutable(MutableItem, Option<i64>),
+    Ping(SocketAddr),
+}
+
+/// A view of a node at one moment.
+#[derive(Clone, Debug)]
+pub struct NodeSnapshot {
+    /// Its id.
+    pub id: NodeId,
+    /// Where its socket listens.
+    pub addr: SocketAddr,
+    /// Contacts in its routing table.
+    pub contacts: Vec<NodeInfo>,
+    /// Its counters.
+    pub stats: Stats,
+    /// Records stored for others.
+    pub items: usize,
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) id: NodeId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) live_contacts: Arc<AtomicUsize>,
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address its socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Contacts in the routing table that answered their last request (cheap: no round trip).
+    pub fn live_contacts(&self) -> usize {
+        self.live_contacts.load(Ordering::Relaxed)
+    }
+
+    async fn query(&self, kind: QueryKind) -> Result<(Outcome, QueryStats), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Query(kind, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Joins the network through these addresses; returns the number of contacts.
+    pub async fn bootstrap(&self, addrs: &[SocketAddr]) -> Result<usize, NodeError> {
+        let (out, _) = self.query(QueryKind::Bootstrap(addrs.to_vec())).await?;
+        match out {
+            Outcome::Nodes(n) if !n.is_empty() => Ok(n.len()),
+            _ => Err(NodeError::BootstrapFailed {
+                addrs: addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The `k` closest nodes to `target`.
+    pub async fn find_node(
+        &self,
+        target: NodeId,
+    ) -> Result<(Vec<NodeInfo>, QueryStats), NodeError> {
+        match self.query(QueryKind::FindNode(target)).await? {
+            (Outcome::Nodes(n), s) => Ok((n, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Peers of an info-hash.
+    pub async fn get_peers(
+        &self,
+        info_hash: NodeId,
+    ) -> Result<(Vec<SocketAddr>, QueryStats), NodeError> {
+        match self.query(QueryKind::GetPeers(info_hash)).await? {
+            (Outcome::Peers(p), s) => Ok((p, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Announces us as a peer of `info_hash`; returns how many nodes stored it.
+    pub async fn announce_peer(
+        &self,
+        info_hash: NodeId,
+        port: Option<u16>,
+    ) -> Result<(usize, QueryStats), NodeError> {
+        match self.query(QueryKind::Announce(info_hash, port)).await? {
+            (Outcome::Stored { stored, .. }, s) => Ok((stored, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// The immutable item with this target, if any node has it.
+    pub async fn get_immutable(
+        &self,
+        target: NodeId,
+    ) -> Result<(Option<Value>, QueryStats), NodeError> {
+        match self.query(QueryKind::GetImmutable(target)).await? {
+            (Outcome::Immutable(v), s) => Ok((v, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Stores an immutable item; returns its target and how many nodes stored it.
+    pub async fn put_immutable(
+        &self,
+        value: Value,
+    ) -> Result<(NodeId, usize, QueryStats), NodeError> {
+        peerchat_kad::bep44::check_immutable(&value)?;
+        match self.query(QueryKind::PutImmutable(value)).await? {
+            (Outcome::Stored { target, stored, .. }, s) => Ok((target, stored, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// The most recent mutable item of `key` and `salt`.
+    pub async fn get_mutable(
+        &self,
+        key: [u8; 32],
+        salt: Vec<u8>,
+        min_seq: Option<i64>,
+    ) -> Result<(Option<MutableItem>, QueryStats), NodeError> {
+        match self
+            .query(QueryKind::GetMutable(key, salt, min_seq))
+            .await?
+        {
+            (Outcome::Mutable(m), s) => Ok((m, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Stores a signed mutable item; returns its target and how many nodes stored it.
+    pub async fn put_mutable(
+        &self,
+        item: MutableItem,
+        cas: Option<i64>,
+    ) -> Result<
+        (
+            NodeId,
+            usize,
+            Vec<peerchat_kad::krpc::KrpcError>,
+            QueryStats,
+        ),
+        NodeError,
+    > {
+        item.verify()?;
+        match self.query(QueryKind::PutMutable(item, cas)).await? {
+            (
+                Outcome::Stored {
+                    target,
+                    stored,
+                    errors,
+                },
+                s,
+            ) => Ok((target, stored, errors, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Pings an address; returns the node id that answered.
+    pub async fn ping(&self, addr: SocketAddr) -> Result<Option<NodeId>, NodeError> {
+        match self.query(QueryKind::Ping(addr)).await? {
+            (Outcome::Pong(id), _) => Ok(id),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn snapshot(&self) -> Result<NodeSnapshot, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks the node to stop.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+}

@@ -1,1 +1,73 @@
-fn main() {}
+//! The `peerchat` command: a node of the Peerchat network and its tools.
+#![forbid(unsafe_code)]
+
+mod dht_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Peerchat: a decentralized, peer-to-peer chat on a Kademlia DHT (compatible
+/// with the BitTorrent Mainline DHT). No server, no account provider.
+#[derive(Parser, Debug)]
+#[command(name = "peerchat", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The DHT: run a bare node, or store and fetch BEP 44 items.
+    #[command(subcommand)]
+    Dht(dht_cmd::DhtCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Dht(cmd)) => rt.block_on(dht_cmd::run(cmd)),
+        None => rt.block_on(dht_cmd::run(dht_cmd::DhtCommand::Serve(
+            dht_cmd::ServeArgs::default_local(),
+        ))),
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -630,6 +630,16 @@ impl<S: RecordStore> Dht<S> {
         {
             self.insert_contact(n, now);
         }
+        // Another id answered at the contact's address: the contact is not there
+        // (a node restarted with a new id, or an id that was never real: the
+        // `mainline` crate pings with a random id). Replace or drop it, or it
+        // would stay in the table forever, counted as alive.
+        if let (Some(expected), Some(n)) = (p.expect, responder)
+            && n.id != expected
+            && !self.table.on_failure(&expected, now)
+        {
+            self.table.remove(&expected);
+        }
         match p.purpose {
             Purpose::EvictionPing => {}
             Purpose::Ping(q) => {
@@ -1027,6 +1037,17 @@ impl<S: RecordStore> Dht<S> {
     }
 
     fn maintenance(&mut self, now: Instant) {
+        // Give back what a burst (joining, a storm of lookups) made the request
+        // tables grow to: a node spends most of its life idle.
+        if self.pending.capacity() > 32 && self.pending.len() * 4 < self.pending.capacity() {
+            self.pending.shrink_to(self.pending.len() * 2);
+        }
+        if self.timers.capacity() > 32 && self.timers.len() * 4 < self.timers.capacity() {
+            self.timers.shrink_to(self.timers.len() * 2);
+        }
+        if self.transmits.capacity() > 32 && self.transmits.is_empty() {
+            self.transmits.shrink_to(8);
+        }
         if now.saturating_duration_since(self.last_rotation) >= self.config.token_rotation {
             self.last_rotation = now;
             let mut secret = [0u8; 16];

@@ -137,6 +137,21 @@ pub struct PutArgs {
     pub cas: Option<i64>,
 }
 
+impl PutArgs {
+    /// The item's target: SHA-1 of the bencoded `v` (immutable), or SHA-1 of
+    /// `k` ‖ `salt` (mutable, when `k` is present).
+    ///
+    /// BEP 44 does not list `target` among the arguments of `put`, but the `mainline`
+    /// crate (pkarr's DHT) refuses a `put` without it, so we always send it; a
+    /// received `target` is ignored, and the storer computes the target itself.
+    pub fn target(&self) -> NodeId {
+        match &self.k {
+            Some(k) => crate::bep44::mutable_target(k, self.salt.as_deref().unwrap_or_default()),
+            None => crate::bep44::immutable_target(&self.v),
+        }
+    }
+}
+
 /// A response's fields (`r`); which are present depends on the query answered.
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct Response {
@@ -485,21 +500,25 @@ fn encode_query_args(out: &mut Vec<u8>, id: &NodeId, query: &Query) {
             &[],
             None,
         ),
-        Query::Put(p) => encode_dict(
-            out,
-            &[
-                (b"cas", p.cas.map(Field::Int)),
-                (b"id", id),
-                (b"k", p.k.as_ref().map(|k| Field::Bytes(k))),
-                (b"salt", p.salt.as_deref().map(Field::Bytes)),
-                (b"seq", p.seq.map(Field::Int)),
-                (b"sig", p.sig.as_ref().map(|s| Field::Bytes(s))),
-                (b"token", Some(Field::Bytes(&p.token))),
-                (b"v", Some(Field::Value(&p.v))),
-            ],
-            &[],
-            None,
-        ),
+        Query::Put(p) => {
+            let target = p.target();
+            encode_dict(
+                out,
+                &[
+                    (b"cas", p.cas.map(Field::Int)),
+                    (b"id", id),
+                    (b"k", p.k.as_ref().map(|k| Field::Bytes(k))),
+                    (b"salt", p.salt.as_deref().map(Field::Bytes)),
+                    (b"seq", p.seq.map(Field::Int)),
+                    (b"sig", p.sig.as_ref().map(|s| Field::Bytes(s))),
+                    (b"target", Some(Field::Bytes(target.as_bytes()))),
+                    (b"token", Some(Field::Bytes(&p.token))),
+                    (b"v", Some(Field::Value(&p.v))),
+                ],
+                &[],
+                None,
+            )
+        }
         Query::Other { args, .. } => encode_dict(out, &[(b"id", id)], &[b"id"], Some(args)),
     }
 }
@@ -989,6 +1008,90 @@ mod tests {
         let wire = r.encode();
         assert_eq!(Value::decode(&wire).unwrap().encode(), wire, "canonical");
         assert_eq!(Message::decode(&wire), Ok(r));
+    }
+
+    /// The `mainline` crate (8.0.1) drops a `put` without `target`: ours carry it.
+    /// The bytes are the BEP 44 test vectors, laid out as `mainline` sends them.
+    #[test]
+    fn put_carries_target_as_the_mainline_crate_needs() {
+        let key: [u8; 32] =
+            hex::decode("77ff84905a91936367c01360803104f92432fcd904a43511876df5cdf3e7e548")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let sig: [u8; 64] = hex::decode(
+            "6834284b6b24c3204eb2fea824d82f88883a3d95e8b4a21b8c0ded553d17d17d\
+             df9a8a7104b1258f30bed3787e6cb896fca78c58f8e03b5f18f14951a87d9a08",
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let put = |args: PutArgs| Message {
+            tid: vec![0, 0, 0, 7],
+            version: Some(b"RS\x00\x05".to_vec()),
+            ip: None,
+            read_only: false,
+            body: Body::Query {
+                id: NodeId([0x11; 20]),
+                query: Query::Put(args),
+            },
+        };
+        let hello = || Value::Bytes(b"Hello World!".to_vec());
+        let immutable = put(PutArgs {
+            token: b"tok1".to_vec(),
+            v: hello(),
+            k: None,
+            sig: None,
+            seq: None,
+            salt: None,
+            cas: None,
+        });
+        let mutable = put(PutArgs {
+            token: b"tok1".to_vec(),
+            v: hello(),
+            k: Some(key),
+            sig: Some(sig),
+            seq: Some(1),
+            salt: Some(b"foobar".to_vec()),
+            cas: None,
+        });
+        let wire = |fields: &[&[u8]]| {
+            let mut w = b"d1:ad2:id20:".to_vec();
+            w.extend_from_slice(&[0x11; 20]);
+            for f in fields {
+                w.extend_from_slice(f);
+            }
+            w.extend_from_slice(
+                b"5:token4:tok11:v12:Hello World!e1:q3:put1:t4:\0\0\0\x071:v4:RS\0\x051:y1:qe",
+            );
+            w
+        };
+        let target = |hex_id: &str| {
+            let mut f = b"6:target20:".to_vec();
+            f.extend_from_slice(&hex::decode(hex_id).unwrap());
+            f
+        };
+        let immutable_wire = wire(&[&target("e5f96f6f38320f0f33959cb4d3d656452117aadb")]);
+        let mut k = b"1:k32:".to_vec();
+        k.extend_from_slice(&key);
+        let mut sig_field = b"3:sig64:".to_vec();
+        sig_field.extend_from_slice(&sig);
+        let mutable_wire = wire(&[
+            &k,
+            b"4:salt6:foobar3:seqi1e",
+            &sig_field,
+            &target("411eba73b6f087ca51a3795d9c8c938d365e32c1"),
+        ]);
+        assert_eq!(immutable.encode(), immutable_wire);
+        assert_eq!(mutable.encode(), mutable_wire);
+        // What `mainline` sends (its `ro`, target included) decodes to the same put;
+        // the receiver computes the target itself.
+        for (m, w) in [(immutable, immutable_wire), (mutable, mutable_wire)] {
+            let mut theirs = w.clone();
+            let at = theirs.len() - b"1:t4:\0\0\0\x071:v4:RS\0\x051:y1:qe".len();
+            theirs.splice(at..at, b"2:roi0e".iter().copied());
+            assert_eq!(Message::decode(&theirs), Ok(m));
+        }
     }
 
     #[test]

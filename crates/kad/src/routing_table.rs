@@ -55,7 +55,8 @@ pub enum Insert {
     /// The bucket is full and an eviction ping is already under way; the
     /// contact waits in the replacement cache.
     Pending,
-    /// Not inserted (our own id, or the same id at another address).
+    /// Not inserted (our own id, the same id at another address, or a new id
+    /// at the address of a contact).
     Ignored,
 }
 
@@ -141,10 +142,25 @@ impl RoutingTable {
 
     /// Records that `node` sent us a message at `now` (a response, or a query
     /// from a node that is not read-only).
+    ///
+    /// A new id at the address of a contact (or of a candidate waiting in a
+    /// replacement cache) is ignored: the contact keeps its address until it
+    /// fails or answers with another id. Ids in queries are
+    /// only claims, and some are throwaway: the `mainline` crate follows each
+    /// lookup request with a ping from a random id, and puts from random ids.
     pub fn insert(&mut self, node: NodeInfo, now: Instant) -> Insert {
         let Some(b) = self.bucket_for_insert(&node.id) else {
             return Insert::Ignored;
         };
+        let taken = |n: &NodeInfo| n.addr == node.addr && n.id != node.id;
+        if !self.buckets[b].entries.iter().any(|e| e.node.id == node.id)
+            && self.buckets.iter().any(|bucket| {
+                bucket.entries.iter().any(|e| taken(&e.node))
+                    || bucket.replacements.iter().any(taken)
+            })
+        {
+            return Insert::Ignored;
+        }
         let k = self.k;
         let bucket = &mut self.buckets[b];
         if let Some(pos) = bucket.entries.iter().position(|e| e.node.id == node.id) {
@@ -383,6 +399,35 @@ mod tests {
             all.truncate(8);
             assert_eq!(got, all);
         }
+    }
+
+    #[test]
+    fn new_id_at_a_known_address_is_ignored() {
+        let now = Instant::now();
+        let mut t = RoutingTable::new(NodeId::ZERO, 8);
+        let a = info(NodeId([1; 20]), 1);
+        assert_eq!(t.insert(a, now), Insert::Added);
+        // Throwaway ids from the same address (`mainline`'s pings and puts), in
+        // another bucket and in the contact's own.
+        let mut near = [1; 20];
+        near[19] = 2;
+        assert_eq!(t.insert(info(NodeId([0x80; 20]), 1), now), Insert::Ignored);
+        assert_eq!(t.insert(info(NodeId(near), 1), now), Insert::Ignored);
+        assert_eq!(t.len(), 1);
+        // The contact itself is still refreshed.
+        assert_eq!(t.insert(a, now), Insert::Updated);
+        // Once the contact is gone, the address is free.
+        assert!(t.remove(&a.id));
+        assert_eq!(t.insert(info(NodeId([0x80; 20]), 1), now), Insert::Added);
+
+        // The same when the real id only waits in a full bucket's replacement cache.
+        let mut t = RoutingTable::new(NodeId::ZERO, 1);
+        assert_eq!(t.insert(info(NodeId([0x81; 20]), 2), now), Insert::Added);
+        let real = info(NodeId([0x82; 20]), 3);
+        assert!(matches!(t.insert(real, now), Insert::PingOldest(_)));
+        assert_eq!(t.insert(info(NodeId([0x01; 20]), 3), now), Insert::Ignored);
+        // The waiting one itself is not blocked by its own entry in the cache.
+        assert_eq!(t.insert(real, now), Insert::Pending);
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn run(
             cmd = rx.recv() => match cmd {
                 Some(Command::Query(kind, reply)) => {
                     let now = Instant::now();
-                    let q = start_query(&mut dht, kind, now);
+                    let q = start_query(&mut dht, *kind, now);
                     waiting.insert(q, reply);
                 }
                 Some(Command::Snapshot(reply)) => {

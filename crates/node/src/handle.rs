@@ -12,8 +12,9 @@ use crate::error::NodeError;
 
 /// A request to the node's task.
 pub(crate) enum Command {
-    /// Start a query; the answer comes back on the channel.
-    Query(QueryKind, oneshot::Sender<(Outcome, QueryStats)>),
+    /// Start a query; the answer comes back on the channel. Boxed so that the
+    /// channel's slots stay small: every node has one.
+    Query(Box<QueryKind>, oneshot::Sender<(Outcome, QueryStats)>),
     /// Report a snapshot.
     Snapshot(oneshot::Sender<NodeSnapshot>),
     /// Stop the task.
@@ -76,7 +77,7 @@ impl NodeHandle {
     async fn query(&self, kind: QueryKind) -> Result<(Outcome, QueryStats), NodeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Query(kind, tx))
+            .send(Command::Query(Box::new(kind), tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)

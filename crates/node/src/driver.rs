@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::NodeError;
-use crate::handle::{Command, NodeHandle, NodeSnapshot, QueryKind};
+use crate::handle::{Command, IncomingQuery, NodeHandle, NodeSnapshot, QueryKind};
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub seed: Option<u64>,
     /// Parameters of the DHT core.
     pub dht: Config,
+    /// Where extension queries (methods in `dht.extension_methods`) go; a full
+    /// channel answers 202 (busy) rather than queue without bound.
+    pub extensions: Option<mpsc::Sender<IncomingQuery>>,
 }
 
 impl NodeConfig {
@@ -37,6 +40,7 @@ impl NodeConfig {
             id: None,
             seed: None,
             dht: Config::default(),
+            extensions: None,
         }
     }
 }
@@ -67,7 +71,7 @@ pub async fn spawn(config: NodeConfig) -> Result<(NodeHandle, JoinHandle<()>), N
         addr,
         live_contacts: live.clone(),
     };
-    let task = tokio::spawn(run(dht, socket, addr, rx, live));
+    let task = tokio::spawn(run(dht, socket, addr, rx, live, config.extensions));
     Ok((handle, task))
 }
 
@@ -78,6 +82,7 @@ async fn run(
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Command>,
     live: Arc<AtomicUsize>,
+    extensions: Option<mpsc::Sender<IncomingQuery>>,
 ) {
     let mut waiting: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>> = HashMap::new();
     // One byte more than the largest datagram we accept, to tell an oversized one.
@@ -127,7 +132,18 @@ async fn run(
                         contacts: dht.routing_table().nodes().map(|e| e.node).collect(),
                         stats: dht.stats().clone(),
                         items: peerchat_kad::RecordStore::item_count(dht.store()),
+                        external: dht.external_address(),
                     });
+                }
+                Some(Command::Respond { to, tid, answer }) => match answer {
+                    Ok(fields) => dht.respond(to, tid, fields),
+                    Err((code, msg)) => dht.respond_error(to, tid, code, &msg),
+                },
+                Some(Command::AddContacts(nodes)) => {
+                    let now = Instant::now();
+                    for n in nodes {
+                        dht.add_contact(n, now);
+                    }
                 }
                 Some(Command::Shutdown) | None => break,
             },
@@ -135,7 +151,7 @@ async fn run(
                 dht.handle_timeout(Instant::now());
             }
         }
-        flush(&mut dht, &socket, &mut waiting).await;
+        flush(&mut dht, &socket, &mut waiting, extensions.as_ref()).await;
         let n = dht
             .routing_table()
             .nodes()
@@ -164,6 +180,7 @@ fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
             Err(_) => dht.find_node(NodeId::ZERO, now),
         },
         QueryKind::Ping(addr) => dht.ping(addr, now),
+        QueryKind::Request(addr, method, args) => dht.request(addr, method, args, now),
     }
 }
 
@@ -172,6 +189,7 @@ async fn flush(
     dht: &mut Dht,
     socket: &UdpSocket,
     waiting: &mut HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
+    extensions: Option<&mpsc::Sender<IncomingQuery>>,
 ) {
     while let Some(ev) = dht.poll_event() {
         match ev {
@@ -182,15 +200,31 @@ async fn flush(
             }
             Event::Bootstrapped { contacts } => tracing::debug!(contacts, "bootstrapped"),
             Event::ExternalAddress(a) => tracing::info!(%a, "peers see us at this address"),
-            Event::Query { from, tid, .. } => {
+            Event::Query {
+                from,
+                node,
+                tid,
+                method,
+                args,
+            } => match extensions {
+                Some(ext) => {
+                    let q = IncomingQuery {
+                        from,
+                        node,
+                        tid,
+                        method,
+                        args,
+                    };
+                    if let Err(e) = ext.try_send(q) {
+                        let q = match e {
+                            mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                        };
+                        dht.respond_error(q.from, q.tid, peerchat_kad::krpc::code::SERVER, "busy, try later");
+                    }
+                }
                 // No extension handler on a bare DHT node.
-                dht.respond_error(
-                    from,
-                    tid,
-                    peerchat_kad::krpc::code::METHOD_UNKNOWN,
-                    "Method Unknown",
-                );
-            }
+                None => dht.respond_error(from, tid, peerchat_kad::krpc::code::METHOD_UNKNOWN, "Method Unknown"),
+            },
         }
     }
     while let Some(t) = dht.poll_transmit() {

@@ -1,10 +1,12 @@
 //! The caller's side of a running node.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use peerchat_kad::bep44::MutableItem;
+use peerchat_kad::krpc::{KrpcError, Response};
 use peerchat_kad::{NodeId, NodeInfo, Outcome, QueryStats, Stats, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +19,14 @@ pub(crate) enum Command {
     Query(Box<QueryKind>, oneshot::Sender<(Outcome, QueryStats)>),
     /// Report a snapshot.
     Snapshot(oneshot::Sender<NodeSnapshot>),
+    /// Answer an extension query.
+    Respond {
+        to: SocketAddr,
+        tid: Vec<u8>,
+        answer: Result<BTreeMap<Vec<u8>, Value>, (i64, String)>,
+    },
+    /// Add contacts from a saved routing table.
+    AddContacts(Vec<NodeInfo>),
     /// Stop the task.
     Shutdown,
 }
@@ -32,6 +42,23 @@ pub(crate) enum QueryKind {
     GetMutable([u8; 32], Vec<u8>, Option<i64>),
     PutMutable(MutableItem, Option<i64>),
     Ping(SocketAddr),
+    Request(SocketAddr, Vec<u8>, BTreeMap<Vec<u8>, Value>),
+}
+
+/// An extension query (a `pc_*` method) for the layer above, to be answered
+/// with [`NodeHandle::respond`].
+#[derive(Clone, Debug)]
+pub struct IncomingQuery {
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// The querying node's id.
+    pub node: NodeId,
+    /// Its transaction id.
+    pub tid: Vec<u8>,
+    /// The method.
+    pub method: Vec<u8>,
+    /// Its arguments.
+    pub args: BTreeMap<Vec<u8>, Value>,
 }
 
 /// A view of a node at one moment.
@@ -47,6 +74,8 @@ pub struct NodeSnapshot {
     pub stats: Stats,
     /// Records stored for others.
     pub items: usize,
+    /// Our address as other nodes report it (BEP 42), once several agree.
+    pub external: Option<SocketAddr>,
 }
 
 /// A cloneable handle to a running node.
@@ -180,7 +209,7 @@ impl NodeHandle {
         (
             NodeId,
             usize,
-            Vec<peerchat_kad::krpc::KrpcError>,
+            Vec<KrpcError>,
             QueryStats,
         ),
         NodeError,
@@ -205,6 +234,52 @@ impl NodeHandle {
             (Outcome::Pong(id), _) => Ok(id),
             _ => Err(NodeError::Stopped),
         }
+    }
+
+    /// Sends an extension query to one node: its answer, its KRPC error, or
+    /// `None` when it did not answer in time.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &[u8],
+        args: BTreeMap<Vec<u8>, Value>,
+    ) -> Result<Option<Result<Response, KrpcError>>, NodeError> {
+        match self.query(QueryKind::Request(addr, method.to_vec(), args)).await? {
+            (Outcome::Reply(r), _) => Ok(r),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Answers an extension query with these fields.
+    pub async fn respond(&self, q: &IncomingQuery, fields: BTreeMap<Vec<u8>, Value>) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::Respond {
+                to: q.from,
+                tid: q.tid.clone(),
+                answer: Ok(fields),
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Answers an extension query with a KRPC error.
+    pub async fn respond_error(&self, q: &IncomingQuery, code: i64, message: &str) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::Respond {
+                to: q.from,
+                tid: q.tid.clone(),
+                answer: Err((code, message.to_string())),
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Adds contacts from a saved routing table (they are checked as usual).
+    pub async fn add_contacts(&self, nodes: Vec<NodeInfo>) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::AddContacts(nodes))
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// A snapshot of the node's state.

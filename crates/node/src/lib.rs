@@ -7,10 +7,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod datadir;
+pub mod db;
 mod driver;
 mod error;
 mod handle;
+pub mod session;
 
 pub use driver::{NodeConfig, spawn};
 pub use error::NodeError;
-pub use handle::{NodeHandle, NodeSnapshot};
+pub use handle::{IncomingQuery, NodeHandle, NodeSnapshot};

@@ -1,0 +1,260 @@
+//! Sealed, signed envelopes: the unit of delivery, sent directly or through relays.
+//!
+//! Sealing (sender `S`, recipient `R`):
+//! 1. a fresh ephemeral X25519 key `e` (from the caller's RNG) and a random 16-byte id;
+//! 2. `shared = X25519(e, montgomery(R))`;
+//! 3. `key = HKDF-SHA256(salt = "peerchat-envelope-v1", ikm = shared, info = E ‖ R)`;
+//! 4. `ciphertext = ChaCha20-Poly1305(key, nonce = 0, aad = header, content)`. The zero
+//!    nonce is safe because the key is unique to the message (fresh `e`);
+//! 5. `signature = Ed25519(S, "peerchat-envelope-v1" ‖ header ‖ ciphertext)`,
+//!
+//! where `header = id ‖ sender ‖ recipient ‖ timestamp (u64 big-endian) ‖ E` (120 bytes).
+//! Relays check the signature without any secret ([`Envelope::verify`]); only the
+//! recipient can [`Envelope::open`] it. Since the header is the AEAD's associated
+//! data, an envelope re-signed by someone else under their own sender key no longer
+//! decrypts.
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+use hkdf::Hkdf;
+use rand::CryptoRng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::content::{Content, ContentError, MessageId};
+use crate::identity::{Identity, KeyError, UserKey};
+use crate::wire::{self, byte_array};
+
+/// Largest encoded envelope, in bytes: with about 200 bytes of KRPC framing a relayed
+/// envelope still fits a 1,500-byte UDP datagram. See [`crate::MAX_TEXT_BYTES`].
+pub const MAX_ENVELOPE: usize = 1200;
+
+/// The first byte of an encoded envelope.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Length of [`Envelope::header`].
+pub const HEADER_LEN: usize = 16 + 32 + 32 + 8 + 32;
+
+/// Domain separation for the key derivation and the signature.
+const DOMAIN: &[u8] = b"peerchat-envelope-v1";
+
+/// Length of the AEAD tag appended to the ciphertext.
+const TAG_LEN: usize = 16;
+
+/// An end-to-end encrypted message, signed by its sender.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Random id, chosen by the sender: the key for deduplication.
+    pub id: MessageId,
+    /// The sender's key; [`Envelope::signature`] is by this key.
+    pub sender: UserKey,
+    /// The recipient's key; the content is sealed to it.
+    pub recipient: UserKey,
+    /// When the sender sealed it, unix milliseconds (sender's clock).
+    pub timestamp_ms: u64,
+    /// The sender's ephemeral X25519 public key.
+    #[serde(with = "byte_array")]
+    pub ephemeral: [u8; 32],
+    /// The sealed [`Content`], with its 16-byte tag.
+    pub ciphertext: Vec<u8>,
+    /// The sender's ed25519 signature (see the module docs).
+    #[serde(with = "byte_array")]
+    pub signature: [u8; 64],
+}
+
+/// Why an envelope cannot be made, decoded, verified or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The encoding is larger than [`MAX_ENVELOPE`].
+    #[error("envelope is {0} bytes, the most is {MAX_ENVELOPE}")]
+    TooLarge(usize),
+    /// No bytes at all.
+    #[error("envelope is empty")]
+    Empty,
+    /// The first byte is not [`ENVELOPE_VERSION`].
+    #[error("unknown envelope version {0}")]
+    UnknownVersion(u8),
+    /// The bytes after the version are not an envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    /// Bytes left after the envelope.
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
+    /// The sender key is unusable.
+    #[error("bad sender key: {0}")]
+    BadSender(KeyError),
+    /// The recipient key is unusable.
+    #[error("bad recipient key: {0}")]
+    BadRecipient(KeyError),
+    /// The signature does not verify against the sender key.
+    #[error("envelope signature does not verify")]
+    BadSignature,
+    /// [`Envelope::open`] was called with an identity that is not the recipient.
+    #[error("envelope is addressed to another user")]
+    WrongRecipient,
+    /// The key exchange gave an all-zero secret (a small-order ephemeral key).
+    #[error("envelope ephemeral key is a small-order point")]
+    WeakEphemeral,
+    /// The ciphertext does not decrypt (tampered, or not sealed to this key).
+    #[error("envelope ciphertext does not decrypt")]
+    Decrypt,
+    /// The content is invalid (too large, or malformed after decryption).
+    #[error(transparent)]
+    Content(#[from] ContentError),
+}
+
+impl Envelope {
+    /// Seals `content` from `sender` to `recipient` at `now_ms`, drawing the id and the
+    /// ephemeral key from `rng`.
+    pub fn seal(
+        sender: &Identity,
+        recipient: &UserKey,
+        content: &Content,
+        now_ms: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Envelope, EnvelopeError> {
+        content.validate()?;
+        let recipient_x = recipient
+            .x25519_public()
+            .map_err(EnvelopeError::BadRecipient)?;
+        let id = MessageId::random(rng);
+        let mut eph_secret = [0u8; 32];
+        rng.fill_bytes(&mut eph_secret);
+        let eph_secret = StaticSecret::from(eph_secret);
+        let ephemeral = PublicKey::from(&eph_secret).to_bytes();
+        let shared = eph_secret.diffie_hellman(&PublicKey::from(recipient_x));
+        if !shared.was_contributory() {
+            return Err(EnvelopeError::BadRecipient(KeyError::WeakKey));
+        }
+        let mut env = Envelope {
+            id,
+            sender: sender.public(),
+            recipient: *recipient,
+            timestamp_ms: now_ms,
+            ephemeral,
+            ciphertext: Vec::new(),
+            signature: [0; 64],
+        };
+        let header = env.header();
+        let cipher = cipher(shared.as_bytes(), &ephemeral, recipient);
+        let plaintext = content.to_bytes();
+        env.ciphertext = cipher
+            .encrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: &plaintext,
+                    aad: &header,
+                },
+            )
+            .map_err(|_| EnvelopeError::Decrypt)?;
+        env.signature = sender.sign(&env.signed_bytes());
+        let len = env.encoded_len();
+        if len > MAX_ENVELOPE {
+            return Err(EnvelopeError::TooLarge(len));
+        }
+        Ok(env)
+    }
+
+    /// The fixed-size header: `id ‖ sender ‖ recipient ‖ timestamp_ms (BE) ‖ ephemeral`.
+    /// It is the AEAD's associated data and part of the signed bytes.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..16].copy_from_slice(&self.id.0);
+        h[16..48].copy_from_slice(&self.sender.0);
+        h[48..80].copy_from_slice(&self.recipient.0);
+        h[80..88].copy_from_slice(&self.timestamp_ms.to_be_bytes());
+        h[88..].copy_from_slice(&self.ephemeral);
+        h
+    }
+
+    /// `"peerchat-envelope-v1" ‖ header ‖ ciphertext`.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(DOMAIN.len() + HEADER_LEN + self.ciphertext.len());
+        m.extend_from_slice(DOMAIN);
+        m.extend_from_slice(&self.header());
+        m.extend_from_slice(&self.ciphertext);
+        m
+    }
+
+    /// Checks the sender's signature (strict ed25519: no weak keys, no malleable
+    /// signatures). This is what relays do: it needs no secret.
+    pub fn verify(&self) -> Result<(), EnvelopeError> {
+        self.sender
+            .verifying_key()
+            .map_err(EnvelopeError::BadSender)?;
+        if self.ciphertext.len() < TAG_LEN {
+            return Err(EnvelopeError::Malformed(
+                "ciphertext is shorter than the aead tag",
+            ));
+        }
+        if !self.sender.verifies(&self.signed_bytes(), &self.signature) {
+            return Err(EnvelopeError::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// Verifies, checks that `recipient` is the addressee, and decrypts.
+    pub fn open(&self, recipient: &Identity) -> Result<Content, EnvelopeError> {
+        self.verify()?;
+        if self.recipient != recipient.public() {
+            return Err(EnvelopeError::WrongRecipient);
+        }
+        let secret = StaticSecret::from(recipient.x25519_secret());
+        let shared = secret.diffie_hellman(&PublicKey::from(self.ephemeral));
+        if !shared.was_contributory() {
+            return Err(EnvelopeError::WeakEphemeral);
+        }
+        let cipher = cipher(shared.as_bytes(), &self.ephemeral, &self.recipient);
+        let header = self.header();
+        let plaintext = cipher
+            .decrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: &self.ciphertext,
+                    aad: &header,
+                },
+            )
+            .map_err(|_| EnvelopeError::Decrypt)?;
+        Ok(Content::from_bytes(&plaintext)?)
+    }
+
+    /// The wire encoding: [`ENVELOPE_VERSION`], then the postcard encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![ENVELOPE_VERSION];
+        out.extend_from_slice(&wire::encode(self));
+        out
+    }
+
+    /// The length of [`Envelope::to_bytes`].
+    pub fn encoded_len(&self) -> usize {
+        self.to_bytes().len()
+    }
+
+    /// Decodes an envelope (without verifying it). Refuses inputs larger than
+    /// [`MAX_ENVELOPE`], unknown versions, malformed bytes and trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(EnvelopeError::TooLarge(bytes.len()));
+        }
+        let (&version, rest) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        if version != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnknownVersion(version));
+        }
+        wire::decode_exact(rest).map_err(|e| match e {
+            wire::StrictError::Malformed(why) => EnvelopeError::Malformed(why),
+            wire::StrictError::Trailing(n) => EnvelopeError::TrailingBytes(n),
+        })
+    }
+}
+
+/// The per-message AEAD: HKDF-SHA256(salt = DOMAIN, ikm = shared, info = E ‖ R).
+fn cipher(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &UserKey) -> ChaCha20Poly1305 {
+    let mut info = [0u8; 64];
+    info[..32].copy_from_slice(ephemeral);
+    info[32..].copy_from_slice(&recipient.0);
+    let mut key = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's limit of 255 * 32: expand cannot fail.
+    let _ = Hkdf::<Sha256>::new(Some(DOMAIN), shared).expand(&info, &mut key);
+    ChaCha20Poly1305::new(&key.into())
+}

@@ -217,13 +217,24 @@ async fn flush(
                     };
                     if let Err(e) = ext.try_send(q) {
                         let q = match e {
-                            mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                            mpsc::error::TrySendError::Full(q)
+                            | mpsc::error::TrySendError::Closed(q) => q,
                         };
-                        dht.respond_error(q.from, q.tid, peerchat_kad::krpc::code::SERVER, "busy, try later");
+                        dht.respond_error(
+                            q.from,
+                            q.tid,
+                            peerchat_kad::krpc::code::SERVER,
+                            "busy, try later",
+                        );
                     }
                 }
                 // No extension handler on a bare DHT node.
-                None => dht.respond_error(from, tid, peerchat_kad::krpc::code::METHOD_UNKNOWN, "Method Unknown"),
+                None => dht.respond_error(
+                    from,
+                    tid,
+                    peerchat_kad::krpc::code::METHOD_UNKNOWN,
+                    "Method Unknown",
+                ),
             },
         }
     }

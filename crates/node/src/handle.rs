@@ -205,15 +205,7 @@ impl NodeHandle {
         &self,
         item: MutableItem,
         cas: Option<i64>,
-    ) -> Result<
-        (
-            NodeId,
-            usize,
-            Vec<KrpcError>,
-            QueryStats,
-        ),
-        NodeError,
-    > {
+    ) -> Result<(NodeId, usize, Vec<KrpcError>, QueryStats), NodeError> {
         item.verify()?;
         match self.query(QueryKind::PutMutable(item, cas)).await? {
             (
@@ -244,14 +236,21 @@ impl NodeHandle {
         method: &[u8],
         args: BTreeMap<Vec<u8>, Value>,
     ) -> Result<Option<Result<Response, KrpcError>>, NodeError> {
-        match self.query(QueryKind::Request(addr, method.to_vec(), args)).await? {
+        match self
+            .query(QueryKind::Request(addr, method.to_vec(), args))
+            .await?
+        {
             (Outcome::Reply(r), _) => Ok(r),
             _ => Err(NodeError::Stopped),
         }
     }
 
     /// Answers an extension query with these fields.
-    pub async fn respond(&self, q: &IncomingQuery, fields: BTreeMap<Vec<u8>, Value>) -> Result<(), NodeError> {
+    pub async fn respond(
+        &self,
+        q: &IncomingQuery,
+        fields: BTreeMap<Vec<u8>, Value>,
+    ) -> Result<(), NodeError> {
         self.tx
             .send(Command::Respond {
                 to: q.from,
@@ -263,7 +262,12 @@ impl NodeHandle {
     }
 
     /// Answers an extension query with a KRPC error.
-    pub async fn respond_error(&self, q: &IncomingQuery, code: i64, message: &str) -> Result<(), NodeError> {
+    pub async fn respond_error(
+        &self,
+        q: &IncomingQuery,
+        code: i64,
+        message: &str,
+    ) -> Result<(), NodeError> {
         self.tx
             .send(Command::Respond {
                 to: q.from,

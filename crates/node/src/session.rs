@@ -100,7 +100,10 @@ pub struct Session {
     pub reader: SessionReader,
 }
 
-async fn write_raw(stream: &mut (impl AsyncWriteExt + Unpin), msg: &[u8]) -> Result<(), SessionError> {
+async fn write_raw(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    msg: &[u8],
+) -> Result<(), SessionError> {
     let len = u16::try_from(msg.len()).map_err(|_| SessionError::TooLarge(msg.len()))?;
     let mut out = Vec::with_capacity(2 + msg.len());
     out.extend_from_slice(&len.to_be_bytes());
@@ -109,7 +112,10 @@ async fn write_raw(stream: &mut (impl AsyncWriteExt + Unpin), msg: &[u8]) -> Res
     Ok(())
 }
 
-async fn read_raw(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Result<(), SessionError> {
+async fn read_raw(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+) -> Result<(), SessionError> {
     let mut len = [0u8; 2];
     stream.read_exact(&mut len).await?;
     let len = u16::from_be_bytes(len) as usize;
@@ -145,10 +151,16 @@ fn split(stream: TcpStream, noise: snow::TransportState, peer: [u8; 32]) -> Sess
 }
 
 /// Opens a session to the user with identity key `peer` at `stream`'s other end.
-pub async fn connect(mut stream: TcpStream, keys: &SessionKeys, peer: [u8; 32]) -> Result<Session, SessionError> {
+pub async fn connect(
+    mut stream: TcpStream,
+    keys: &SessionKeys,
+    peer: [u8; 32],
+) -> Result<Session, SessionError> {
     let remote = x25519_of(&peer)?;
     let fut = async {
-        let mut hs = builder(keys)?.remote_public_key(&remote)?.build_initiator()?;
+        let mut hs = builder(keys)?
+            .remote_public_key(&remote)?
+            .build_initiator()?;
         let mut buf = vec![0u8; MAX_NOISE];
         // -> e, es, s, ss; payload: our identity key.
         let n = hs.write_message(&keys.identity, &mut buf)?;

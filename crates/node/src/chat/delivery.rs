@@ -1,0 +1,479 @@
+//! Delivery: the outbox worker (direct over a Noise session, else to relays),
+//! the session acceptor, incoming envelopes, receipts and the mailbox at login.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerchat_chat::{
+    Content, DeliveryAck, Envelope, FetchAuth, MAX_ACK_IDS, MessageId, UserKey, mailbox_target,
+};
+use peerchat_kad::Value;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use super::{ChatError, ChatEvent, Inner, directory, emit_state, now_ms, view_of, wire};
+use crate::db::{IncomingMessage, MessageState, OutboxEntry, OutgoingMessage};
+use crate::session::{self, Session};
+
+/// How long a peer has to acknowledge what we sent.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most outbox entries handled per round.
+const OUTBOX_BATCH: usize = 256;
+
+/// What travels in a session.
+#[derive(Serialize, Deserialize, Debug)]
+enum Frame {
+    /// A sealed envelope.
+    Envelope(Vec<u8>),
+    /// The envelope with this id is durable at the receiver.
+    Ack([u8; 16]),
+    /// The envelope with this id was refused, and why.
+    Nack([u8; 16], String),
+}
+
+// ----- sending ---------------------------------------------------------------
+
+/// Seals a text for `to` and queues it durably; returns its id.
+pub(crate) async fn send_text(
+    inner: &Arc<Inner>,
+    to: &str,
+    text: &str,
+) -> Result<String, ChatError> {
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Err(ChatError::BadMessage("the message is empty".into()));
+    }
+    let key = directory::known_key(inner, to).await?;
+    if key == inner.me {
+        return Err(ChatError::BadMessage(
+            "that is you: pick someone else to write to".into(),
+        ));
+    }
+    let content = Content::text(text);
+    content
+        .validate()
+        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+    let now = now_ms();
+    let env = Envelope::seal(&inner.identity, &key, &content, now, &mut rand::rng())
+        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+    let id = env.id;
+    let msg = OutgoingMessage {
+        id: id.0,
+        to: key.0,
+        from: inner.me.0,
+        text: text.to_string(),
+        sent_ms: now as i64,
+    };
+    inner
+        .db
+        .insert_outgoing(msg.clone(), env.to_bytes())
+        .await?;
+    if let Ok(Some(stored)) = inner.db.message(id.0).await {
+        let _ = inner
+            .events
+            .send(ChatEvent::Message(view_of(inner, &stored).await));
+    }
+    inner.outbox_wake.notify_one();
+    Ok(id.to_hex())
+}
+
+/// Marks a conversation read and tells its other party (best effort).
+pub(crate) async fn mark_read(inner: &Arc<Inner>, name: &str) -> Result<u64, ChatError> {
+    let key = directory::known_key(inner, name).await?;
+    let unread: Vec<MessageId> = inner
+        .db
+        .history(key.0, 10_000)
+        .await?
+        .into_iter()
+        .filter(|m| m.direction == crate::db::Direction::In && m.state < MessageState::Read)
+        .map(|m| MessageId(m.id))
+        .collect();
+    let n = inner.db.mark_read(key.0).await?;
+    if !unread.is_empty() {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            for ids in unread.chunks(peerchat_chat::MAX_RECEIPT_IDS) {
+                send_receipt(&inner, key, Content::Read { ids: ids.to_vec() }).await;
+            }
+        });
+    }
+    Ok(n)
+}
+
+/// Sends a receipt straight to `to`, or to its mailbox; not kept in the outbox
+/// (a lost receipt only delays the state a sender sees: its outbox retries direct
+/// delivery, and the recipient's ack of that retry says "delivered").
+async fn send_receipt(inner: &Inner, to: UserKey, content: Content) {
+    let Ok(env) = Envelope::seal(&inner.identity, &to, &content, now_ms(), &mut rand::rng()) else {
+        return;
+    };
+    let direct = match directory::presence_of(inner, &to).await {
+        Some(p) => !push(inner, &to, &p.chat, std::slice::from_ref(&env))
+            .await
+            .is_empty(),
+        None => false,
+    };
+    if !direct {
+        let _ = store_at_relays(inner, &env).await;
+    }
+}
+
+/// Works the outbox: each due envelope goes straight to its recipient when it is
+/// online, else to the relays of its mailbox; then it waits for the recipient's
+/// acknowledgement, retrying with backoff. An entry leaves the outbox only when
+/// the recipient acknowledged it.
+pub(crate) async fn outbox_worker(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let due = inner
+            .db
+            .outbox_due(now_ms() as i64, OUTBOX_BATCH)
+            .await
+            .unwrap_or_default();
+        let busy = !due.is_empty();
+        let mut by_recipient: BTreeMap<UserKey, Vec<OutboxEntry>> = BTreeMap::new();
+        for e in due {
+            by_recipient
+                .entry(UserKey(e.recipient))
+                .or_default()
+                .push(e);
+        }
+        let mut set = JoinSet::new();
+        for (to, entries) in by_recipient {
+            let inner = inner.clone();
+            set.spawn(async move { deliver_batch(&inner, to, entries).await });
+        }
+        while set.join_next().await.is_some() {}
+        if busy {
+            continue;
+        }
+        tokio::select! {
+            _ = inner.outbox_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn deliver_batch(inner: &Inner, to: UserKey, entries: Vec<OutboxEntry>) {
+    let mut envs = Vec::new();
+    for e in &entries {
+        match Envelope::from_bytes(&e.envelope) {
+            Ok(env) => envs.push(env),
+            Err(_) => {
+                // Our own database gave us a broken envelope: drop it rather than retry forever.
+                tracing::warn!("dropping a damaged outbox entry");
+                let _ = inner.db.outbox_remove(e.id).await;
+            }
+        }
+    }
+    let acked = match directory::presence_of(inner, &to).await {
+        Some(p) => push(inner, &to, &p.chat, &envs).await,
+        None => HashSet::new(),
+    };
+    for e in &entries {
+        let id = MessageId(e.id);
+        if acked.contains(&id) {
+            if let Ok(true) = inner.db.ack_delivered(e.id).await {
+                emit_state(inner, &id, MessageState::Delivered);
+            }
+            continue;
+        }
+        let Some(env) = envs.iter().find(|v| v.id == id) else {
+            continue;
+        };
+        let backoff = |attempts: u32| -> i64 {
+            let secs = 2u64.saturating_pow(attempts.min(8)).min(300);
+            (now_ms() + secs * 1000) as i64
+        };
+        if !e.relayed && store_at_relays(inner, env).await > 0 {
+            if let Ok(true) = inner.db.outbox_set_relayed(e.id, backoff(e.attempts)).await {
+                emit_state(inner, &id, MessageState::Relayed);
+            }
+            continue;
+        }
+        let _ = inner.db.outbox_reschedule(e.id, backoff(e.attempts)).await;
+    }
+}
+
+/// Stores `env` at the nodes closest to its recipient's mailbox; returns how many took it.
+pub(crate) async fn store_at_relays(inner: &Inner, env: &Envelope) -> usize {
+    let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&env.recipient)).await else {
+        return 0;
+    };
+    let mut set = JoinSet::new();
+    for n in nodes {
+        let dht = inner.dht.clone();
+        let args = wire::args("env", Value::Bytes(env.to_bytes()));
+        set.spawn(async move { dht.request(n.addr, wire::STORE, args).await });
+    }
+    let mut stored = 0;
+    while let Some(r) = set.join_next().await {
+        if matches!(r, Ok(Ok(Some(Ok(_))))) {
+            stored += 1;
+        }
+    }
+    stored
+}
+
+/// Sends envelopes to `to` over a (reused) session, trying its addresses in
+/// turn; returns the ids it acknowledged.
+pub(crate) async fn push(
+    inner: &Inner,
+    to: &UserKey,
+    addrs: &[SocketAddr],
+    envs: &[Envelope],
+) -> HashSet<MessageId> {
+    let slot = {
+        let mut sessions = inner.sessions.lock().await;
+        sessions
+            .entry(*to)
+            .or_insert_with(|| Arc::new(Mutex::new(None)))
+            .clone()
+    };
+    let mut guard = slot.lock().await;
+    for attempt in 0..2 {
+        if guard.is_none() {
+            *guard = connect_any(inner, to, addrs).await;
+        }
+        let Some(sess) = guard.as_mut() else {
+            return HashSet::new();
+        };
+        match exchange(sess, envs).await {
+            Ok(acked) => return acked,
+            Err(e) => {
+                // A kept session may have died since: reconnect once.
+                tracing::debug!("session to {} failed: {e}", to.to_hex());
+                *guard = None;
+                if attempt == 1 {
+                    break;
+                }
+            }
+        }
+    }
+    HashSet::new()
+}
+
+async fn connect_any(inner: &Inner, to: &UserKey, addrs: &[SocketAddr]) -> Option<Session> {
+    for addr in addrs {
+        let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+        else {
+            continue;
+        };
+        match session::connect(stream, &inner.keys, to.0).await {
+            Ok(s) => return Some(s),
+            Err(e) => tracing::debug!("session handshake with {addr}: {e}"),
+        }
+    }
+    None
+}
+
+/// Pipelines the envelopes, then reads acknowledgements until all are answered.
+async fn exchange(sess: &mut Session, envs: &[Envelope]) -> Result<HashSet<MessageId>, ChatError> {
+    let io = |e: session::SessionError| ChatError::BadMessage(e.to_string());
+    for env in envs {
+        let frame = postcard::to_stdvec(&Frame::Envelope(env.to_bytes()))
+            .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+        sess.writer.send(&frame).await.map_err(io)?;
+    }
+    let mut acked = HashSet::new();
+    let mut answered = 0;
+    while answered < envs.len() {
+        let bytes = tokio::time::timeout(ACK_TIMEOUT, sess.reader.recv())
+            .await
+            .map_err(|_| ChatError::BadMessage("no acknowledgement in time".into()))?
+            .map_err(io)?;
+        match postcard::from_bytes::<Frame>(&bytes) {
+            Ok(Frame::Ack(id)) => {
+                acked.insert(MessageId(id));
+                answered += 1;
+            }
+            Ok(Frame::Nack(_, why)) => {
+                tracing::debug!("envelope refused: {why}");
+                answered += 1;
+            }
+            _ => return Err(ChatError::BadMessage("unexpected frame".into())),
+        }
+    }
+    Ok(acked)
+}
+
+// ----- receiving -------------------------------------------------------------
+
+/// Accepts sessions from peers (senders, and relays pushing held messages).
+pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut sess = match session::accept(stream, &inner.keys).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("session from {from} refused: {e}");
+                    return;
+                }
+            };
+            let peer = UserKey(sess.peer);
+            while let Ok(bytes) = sess.reader.recv().await {
+                let reply = match postcard::from_bytes::<Frame>(&bytes) {
+                    Ok(Frame::Envelope(b)) => match Envelope::from_bytes(&b) {
+                        Ok(env) => {
+                            let id = env.id.0;
+                            let relayed = env.sender != peer;
+                            match deliver_incoming(&inner, env, relayed).await {
+                                Ok(()) => Frame::Ack(id),
+                                Err(e) => Frame::Nack(id, e.to_string()),
+                            }
+                        }
+                        Err(e) => Frame::Nack([0; 16], e.to_string()),
+                    },
+                    _ => break,
+                };
+                let Ok(out) = postcard::to_stdvec(&reply) else {
+                    break;
+                };
+                if sess.writer.send(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Takes in an envelope addressed to us: verified, opened, durable in the
+/// history (exactly once, by id) before this returns Ok, which is when it may
+/// be acknowledged. `relayed`: it came through a relay, so its relays are told
+/// to drop their copies and its sender gets a delivery receipt.
+pub(crate) async fn deliver_incoming(
+    inner: &Inner,
+    env: Envelope,
+    relayed: bool,
+) -> Result<(), ChatError> {
+    if env.recipient != inner.me {
+        return Err(ChatError::BadMessage("not addressed to this user".into()));
+    }
+    let content = env
+        .open(&inner.identity)
+        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+    match content {
+        Content::Text { text, .. } => {
+            let fresh = inner
+                .db
+                .insert_incoming(IncomingMessage {
+                    id: env.id.0,
+                    from: env.sender.0,
+                    text,
+                    sent_ms: env.timestamp_ms as i64,
+                    received_ms: now_ms() as i64,
+                })
+                .await?;
+            if fresh && let Ok(Some(stored)) = inner.db.message(env.id.0).await {
+                let _ = inner
+                    .events
+                    .send(ChatEvent::Message(view_of(inner, &stored).await));
+            }
+            if relayed {
+                ack_relays(inner, vec![env.id]).await;
+                send_receipt(inner, env.sender, Content::Delivered { ids: vec![env.id] }).await;
+            }
+        }
+        Content::Delivered { ids } => {
+            for id in ids {
+                if let Ok(true) = inner.db.ack_delivered(id.0).await {
+                    emit_state(inner, &id, MessageState::Delivered);
+                }
+            }
+        }
+        Content::Read { ids } => {
+            for id in ids {
+                let _ = inner.db.ack_delivered(id.0).await;
+                if let Ok(true) = inner.db.set_state(id.0, MessageState::Read).await {
+                    emit_state(inner, &id, MessageState::Read);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tells the relays of our mailbox that these ids arrived (signed ack).
+async fn ack_relays(inner: &Inner, ids: Vec<MessageId>) {
+    let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await else {
+        return;
+    };
+    for chunk in ids.chunks(MAX_ACK_IDS) {
+        let Ok(ack) = DeliveryAck::new(&inner.identity, chunk.to_vec(), now_ms()) else {
+            continue;
+        };
+        let bytes = ack.to_bytes();
+        let mut set = JoinSet::new();
+        for n in &nodes {
+            let dht = inner.dht.clone();
+            let addr = n.addr;
+            let args = wire::args("ack", Value::Bytes(bytes.clone()));
+            set.spawn(async move { dht.request(addr, wire::ACK, args).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// Fetches our mailbox from the nodes closest to it (at login, and now and
+/// then): every envelope is stored, then acknowledged to every relay.
+pub(crate) async fn fetch_mailbox(inner: &Inner) -> usize {
+    let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await else {
+        return 0;
+    };
+    let mut got = 0;
+    for n in nodes {
+        for _round in 0..64 {
+            let auth = FetchAuth::new(&inner.identity, n.id, now_ms());
+            let args = wire::args("auth", Value::Bytes(auth.to_bytes()));
+            let Ok(Some(Ok(resp))) = inner.dht.request(n.addr, wire::FETCH, args).await else {
+                break;
+            };
+            let mut ids = Vec::new();
+            for b in wire::byte_list(&resp.other, "envs") {
+                if let Ok(env) = Envelope::from_bytes(b) {
+                    let id = env.id;
+                    if deliver_incoming_quiet(inner, env).await {
+                        got += 1;
+                    }
+                    ids.push(id);
+                }
+            }
+            if ids.is_empty() {
+                break;
+            }
+            ack_relays(inner, ids).await;
+            if wire::int(&resp.other, "more") != Some(1) {
+                break;
+            }
+        }
+    }
+    got
+}
+
+/// [`deliver_incoming`] for fetched envelopes, whose acks are sent in batches by the caller.
+async fn deliver_incoming_quiet(inner: &Inner, env: Envelope) -> bool {
+    let sender = env.sender;
+    let id = env.id;
+    let is_text = matches!(env.open(&inner.identity), Ok(Content::Text { .. }));
+    match deliver_incoming(inner, env, false).await {
+        Ok(()) => {
+            if is_text {
+                send_receipt(inner, sender, Content::Delivered { ids: vec![id] }).await;
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}

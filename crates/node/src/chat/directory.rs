@@ -1,0 +1,231 @@
+//! Names and presence: claiming our name, publishing where we are, and finding
+//! who holds a name and where they are.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use peerchat_chat::{NameClaim, PRESENCE_SALT, Presence, UserKey, Username, resolve_claims};
+use peerchat_kad::Value;
+use tokio::task::JoinSet;
+
+use super::views::WhoisView;
+use super::{ChatError, Inner, now_ms, wire};
+use crate::db::Contact;
+
+/// Claims our name and publishes our presence at login, then keeps both fresh.
+pub(crate) async fn publisher(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.clone();
+    let mut last_publish: Option<std::time::Instant> = None;
+    loop {
+        let due = last_publish.is_none_or(|t| t.elapsed() >= inner.config.presence_every)
+            || !inner.claimed.load(Ordering::Relaxed);
+        if due {
+            claim_name(&inner).await;
+            match publish_presence(&inner).await {
+                Ok(()) => last_publish = Some(std::time::Instant::now()),
+                Err(e) => tracing::debug!("publishing presence: {e}"),
+            }
+        }
+        // The mailbox: at login, then now and then (relays also push when they see us).
+        let got = super::delivery::fetch_mailbox(&inner).await;
+        if got > 0 {
+            tracing::info!("{got} messages from the mailbox");
+        }
+        let wait = if inner.claimed.load(Ordering::Relaxed) {
+            std::time::Duration::from_secs(60)
+        } else {
+            // Not claimed yet (alone on a new network, or no answer): try again soon.
+            std::time::Duration::from_secs(5)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn claim_name(inner: &Inner) {
+    let claim = NameClaim::new(&inner.identity, &inner.name, 1, now_ms());
+    let bytes = claim.to_bytes();
+    let Ok((nodes, _)) = inner.dht.find_node(inner.name.target()).await else {
+        return;
+    };
+    let mut set = JoinSet::new();
+    for n in nodes {
+        let dht = inner.dht.clone();
+        let args = wire::args("claim", Value::Bytes(bytes.clone()));
+        set.spawn(async move { dht.request(n.addr, wire::CLAIM, args).await });
+    }
+    let (mut ours, mut theirs) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        if let Ok(Ok(Some(Ok(resp)))) = r {
+            match wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes) {
+                Some(Ok(held)) if held.verify().is_ok() && held.name == inner.name => {
+                    if held.key == inner.me {
+                        ours += 1
+                    } else {
+                        theirs += 1
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if theirs > ours {
+        tracing::warn!(
+            "the name {} is already held by another key on this network; pick another name with a new data dir",
+            inner.name.as_str()
+        );
+    }
+    inner
+        .claimed
+        .store(ours > 0 && ours >= theirs, Ordering::Relaxed);
+}
+
+/// Our current addresses as others can reach them.
+fn our_presence(inner: &Inner, external: Option<std::net::SocketAddr>) -> Presence {
+    let addr = if inner.listen.ip().is_unspecified() {
+        external.map(|e| std::net::SocketAddr::new(e.ip(), inner.listen.port()))
+    } else {
+        Some(inner.listen)
+    };
+    let addrs: Vec<_> = addr.into_iter().collect();
+    Presence {
+        dht: addrs.clone(),
+        chat: addrs,
+        node_id: inner.dht.id(),
+        timestamp_ms: now_ms(),
+    }
+}
+
+pub(crate) async fn publish_presence(inner: &Inner) -> Result<(), ChatError> {
+    let snap = inner.dht.snapshot().await?;
+    let p = our_presence(inner, snap.external);
+    if p.chat.is_empty() {
+        return Ok(());
+    }
+    // Milliseconds keep `seq` increasing across restarts.
+    let item = p
+        .to_item(&inner.identity, now_ms() as i64)
+        .map_err(|e| ChatError::BadMessage(format!("presence: {e}")))?;
+    inner.dht.put_mutable(item, None).await?;
+    Ok(())
+}
+
+/// The presence record of `key`, verified, if the DHT has one.
+pub(crate) async fn presence_of(inner: &Inner, key: &UserKey) -> Option<Presence> {
+    let (item, _) = inner
+        .dht
+        .get_mutable(key.0, PRESENCE_SALT.to_vec(), None)
+        .await
+        .ok()?;
+    Presence::from_item(&item?, key).ok()
+}
+
+/// Asks the nodes closest to `name` who holds it.
+async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKey>, ChatError> {
+    let (nodes, _) = inner.dht.find_node(name.target()).await?;
+    let mut set = JoinSet::new();
+    for n in nodes {
+        let dht = inner.dht.clone();
+        let args = wire::args("name", Value::Bytes(name.as_str().as_bytes().to_vec()));
+        set.spawn(async move { dht.request(n.addr, wire::RESOLVE, args).await });
+    }
+    let mut claims = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(Ok(Some(Ok(resp)))) = r
+            && let Some(Ok(c)) = wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes)
+            && c.verify().is_ok()
+            && c.name == *name
+        {
+            claims.push(c);
+        }
+    }
+    Ok(resolve_claims(name, &claims).map(|c| c.key))
+}
+
+/// The key of a name: our pinned contact if we have one, else the network's answer (then pinned).
+pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, ChatError> {
+    let username = Username::new(name)?;
+    if username == inner.name {
+        return Ok(inner.me);
+    }
+    if let Some(c) = inner
+        .db
+        .contacts_named(username.as_str())
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Ok(UserKey(c.key));
+    }
+    resolve_and_pin(inner, name).await
+}
+
+/// Resolves `name` on the network and pins its key (trust on first use); a key
+/// different from the pinned one is an error, never silently accepted.
+pub(crate) async fn resolve_and_pin(inner: &Inner, name: &str) -> Result<UserKey, ChatError> {
+    let username = Username::new(name)?;
+    let key = resolve_network(inner, &username)
+        .await?
+        .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?;
+    if let Some(c) = inner
+        .db
+        .contacts_named(username.as_str())
+        .await?
+        .into_iter()
+        .next()
+    {
+        if c.key != key.0 {
+            return Err(ChatError::KeyChanged {
+                name: username.as_str().to_string(),
+                pinned: UserKey(c.key).fingerprint(),
+                now: key.fingerprint(),
+            });
+        }
+        return Ok(key);
+    }
+    inner
+        .db
+        .contact_put(Contact {
+            key: key.0,
+            name: username.as_str().to_string(),
+            fingerprint: key.fingerprint(),
+            added_ms: now_ms() as i64,
+            presence: None,
+            presence_ms: None,
+        })
+        .await?;
+    inner
+        .names
+        .lock()
+        .await
+        .insert(key, username.as_str().to_string());
+    Ok(key)
+}
+
+pub(crate) async fn whois(inner: &Inner, name: &str) -> Result<WhoisView, ChatError> {
+    let username = Username::new(name)?;
+    let key = if username == inner.name {
+        inner.me
+    } else {
+        resolve_network(inner, &username)
+            .await?
+            .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?
+    };
+    let presence = presence_of(inner, &key).await;
+    Ok(WhoisView {
+        name: username.as_str().to_string(),
+        key: key.to_hex(),
+        fingerprint: key.fingerprint(),
+        dht_addrs: presence
+            .as_ref()
+            .map(|p| p.dht.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default(),
+        chat_addrs: presence
+            .as_ref()
+            .map(|p| p.chat.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default(),
+        presence_ms: presence.map(|p| p.timestamp_ms as i64),
+    })
+}

@@ -1,0 +1,249 @@
+//! The node's persistence layer: one SQLite database, `DIR/peerchat.db`.
+//!
+//! It holds the profile, contacts, message history, outbox, relay queue, seen
+//! ids, stored DHT records and name claims, the routing-table snapshot, and small
+//! facts (`meta`: last listen address, node id, ...). It knows nothing of the
+//! chat protocol: envelopes, presence records, DHT items and claims are opaque
+//! blobs; ids are `[u8; 16]`, user keys `[u8; 32]`, node ids `[u8; 20]`, times
+//! unix milliseconds.
+//!
+//! # Durability and group commit
+//!
+//! The database runs in WAL mode with `synchronous=FULL`: when a write's future
+//! resolves `Ok`, the write is on disk and survives `kill -9` or a power cut.
+//! Writes go to one writer thread which batches every request queued at that
+//! moment into one transaction and one fsync (group commit), so many concurrent
+//! writers share the cost of a sync. Each request runs in its own savepoint: a
+//! failing request is rolled back alone and reports its own error.
+//!
+//! # Reads
+//!
+//! Reads run on a small pool of reader threads (two by default), each with its
+//! own read-only connection; with WAL they never wait for the writer, and they
+//! see every write whose future has resolved.
+//!
+//! A write whose future is dropped after it was queued is still carried out.
+//! Dropping the last [`Db`] clone stops the threads after they finish their
+//! queued work (the drop waits for that).
+
+mod error;
+mod messages;
+mod relay;
+mod schema;
+mod store;
+mod types;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::DbError;
+pub use store::meta_keys;
+pub use types::{
+    Contact, Conversation, Counts, DhtRecord, Direction, IncomingMessage, MessageId, MessageState,
+    NameClaim, NodeId, OutboxEntry, OutgoingMessage, Profile, RelayEntry, RelayLimits, RelayPut,
+    StoredMessage, UserKey,
+};
+
+use worker::{BoxedRead, BoxedWrite, Job};
+
+/// The database file's name inside the data dir.
+pub const DB_FILE: &str = "peerchat.db";
+
+/// Tuning knobs; [`Default`] suits a node.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Reader threads (each with its own connection). At least 1.
+    pub readers: usize,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+    /// Capacity of the write queue (callers wait when it is full).
+    pub write_queue: usize,
+    /// How long a statement waits for a lock held by another connection.
+    pub busy_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            readers: 2,
+            max_batch: 1024,
+            write_queue: 8192,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A handle to the database: cheap to clone, `Send + Sync`, async.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    write_tx: Option<mpsc::Sender<BoxedWrite>>,
+    read_tx: Option<mpsc::Sender<BoxedRead>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queues ends the threads once they have drained them.
+        self.write_tx.take();
+        self.read_tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_conn(path: &Path, writer: bool, opts: &DbOptions) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::default())?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if writer {
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                "the database {} could not use WAL (journal mode {mode}); writes will be slower",
+                path.display()
+            );
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    } else {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // Reads the schema: a damaged file fails here rather than later.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    Ok(conn)
+}
+
+/// A row count for `LIMIT`.
+pub(crate) fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and migrates it to
+    /// the current schema.
+    ///
+    /// Only one process may use a database at a time; the node makes sure of
+    /// it by holding the data dir's lock ([`crate::datadir::DataDir`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Db, DbError> {
+        Db::open_with(path, DbOptions::default())
+    }
+
+    /// [`Db::open`] with explicit options.
+    pub fn open_with(path: impl AsRef<Path>, opts: DbOptions) -> Result<Db, DbError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |e: rusqlite::Error| {
+            DbError::Open {
+                path: path.clone(),
+                source: e,
+            }
+            .classify(&path)
+        };
+        let mut conn = open_conn(&path, true, &opts).map_err(open_err)?;
+        match schema::migrate(&mut conn).map_err(open_err)? {
+            schema::Migrated::Ok => {}
+            schema::Migrated::TooNew(found) => {
+                return Err(DbError::TooNew {
+                    path,
+                    found,
+                    supported: schema::LATEST,
+                });
+            }
+        }
+        let readers = (0..opts.readers.max(1))
+            .map(|_| open_conn(&path, false, &opts))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(open_err)?;
+
+        let (write_tx, write_rx) = mpsc::channel::<BoxedWrite>(opts.write_queue.max(1));
+        let (read_tx, read_rx) = mpsc::channel::<BoxedRead>(opts.write_queue.max(1));
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        let mut inner = Inner {
+            path: path.clone(),
+            write_tx: Some(write_tx),
+            read_tx: Some(read_tx),
+            threads: Vec::new(),
+        };
+        let max_batch = opts.max_batch.max(1);
+        let writer_path = path.clone();
+        let t = std::thread::Builder::new()
+            .name("peerchat-db-writer".into())
+            .spawn(move || worker::writer_loop(conn, write_rx, max_batch, &writer_path))
+            .map_err(DbError::Thread)?;
+        inner.threads.push(t);
+        for (i, rconn) in readers.into_iter().enumerate() {
+            let rx = Arc::clone(&read_rx);
+            let t = std::thread::Builder::new()
+                .name(format!("peerchat-db-reader-{i}"))
+                .spawn(move || worker::reader_loop(rconn, rx))
+                .map_err(DbError::Thread)?;
+            inner.threads.push(t);
+        }
+        Ok(Db {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer thread inside the next group-committed
+    /// transaction; resolves once that transaction is durable.
+    async fn write<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self.inner.write_tx.as_ref().ok_or(DbError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send(Box::new(Job::new(f, tx)))
+            .await
+            .map_err(|_| DbError::Closed)?;
+        match rx.await {
+            Ok(r) => r.map_err(|e| e.classify(&self.inner.path)),
+            Err(_) => Err(DbError::Closed),
+        }
+    }
+
+    /// Runs `f` on a reader thread.
+    async fn read<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self.inner.read_tx.as_ref().ok_or(DbError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job: BoxedRead = Box::new(move |conn: &Connection| {
+            let _ = tx.send(f(conn));
+        });
+        sender.send(job).await.map_err(|_| DbError::Closed)?;
+        match rx.await {
+            Ok(r) => r.map_err(|e| e.classify(&self.inner.path)),
+            Err(_) => Err(DbError::Closed),
+        }
+    }
+}

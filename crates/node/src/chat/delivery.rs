@@ -323,7 +323,16 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             };
             let peer = UserKey(sess.peer);
-            while let Ok(bytes) = sess.reader.recv().await {
+            let mut shutdown = inner.shutdown.clone();
+            loop {
+                let bytes = tokio::select! {
+                    r = sess.reader.recv() => match r {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    },
+                    // A node shutting down closes its sessions.
+                    _ = shutdown.changed() => break,
+                };
                 let reply = match postcard::from_bytes::<Frame>(&bytes) {
                     Ok(Frame::Envelope(b)) => match Envelope::from_bytes(&b) {
                         Ok(env) => {

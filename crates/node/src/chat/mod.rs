@@ -341,6 +341,7 @@ impl ChatNode {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         save_routing(&self.inner).await;
+        self.inner.sessions.lock().await.clear();
         for t in &self.tasks {
             t.abort();
         }

@@ -173,16 +173,31 @@ async fn deliver_batch(inner: &Inner, to: UserKey, entries: Vec<OutboxEntry>) {
             }
         }
     }
-    let acked = match directory::presence_of(inner, &to).await {
+    let mut acked = match directory::presence_cached(inner, &to).await {
         Some(p) => push(inner, &to, &p.chat, &envs).await,
         None => HashSet::new(),
     };
+    if acked.is_empty() {
+        // The cached presence may be stale: look again once.
+        directory::forget_presence(inner, &to).await;
+        if let Some(p) = directory::presence_cached(inner, &to).await {
+            acked = push(inner, &to, &p.chat, &envs).await;
+        }
+    }
+    // Concurrent, so that group commit takes them in few disk syncs.
+    let mut set = JoinSet::new();
+    for id in &acked {
+        let (db, id) = (inner.db.clone(), *id);
+        set.spawn(async move { (id, db.ack_delivered(id.0).await) });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok((id, Ok(true))) = r {
+            emit_state(inner, &id, MessageState::Delivered);
+        }
+    }
     for e in &entries {
         let id = MessageId(e.id);
         if acked.contains(&id) {
-            if let Ok(true) = inner.db.ack_delivered(e.id).await {
-                emit_state(inner, &id, MessageState::Delivered);
-            }
             continue;
         }
         let Some(env) = envs.iter().find(|v| v.id == id) else {
@@ -315,55 +330,85 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let mut sess = match session::accept(stream, &inner.keys).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!("session from {from} refused: {e}");
-                    return;
-                }
-            };
-            let peer = UserKey(sess.peer);
-            let mut shutdown = inner.shutdown.clone();
-            loop {
-                let bytes = tokio::select! {
-                    r = sess.reader.recv() => match r {
-                        Ok(b) => b,
-                        Err(_) => break,
-                    },
-                    // A node shutting down closes its sessions.
-                    _ = shutdown.changed() => break,
-                };
-                let reply = match postcard::from_bytes::<Frame>(&bytes) {
-                    Ok(Frame::Envelope(b)) => match Envelope::from_bytes(&b) {
-                        Ok(env) => {
-                            let id = env.id.0;
-                            let relayed = env.sender != peer;
-                            match deliver_incoming(&inner, env, relayed).await {
-                                Ok(()) => Frame::Ack(id),
-                                Err(e) => Frame::Nack(id, e.to_string()),
-                            }
-                        }
-                        Err(e) => Frame::Nack([0; 16], e.to_string()),
-                    },
-                    _ => break,
-                };
-                let Ok(out) = postcard::to_stdvec(&reply) else {
-                    break;
-                };
-                if sess.writer.send(&out).await.is_err() {
-                    break;
-                }
+            match session::accept(stream, &inner.keys).await {
+                Ok(sess) => serve_session(inner, sess).await,
+                Err(e) => tracing::debug!("session from {from} refused: {e}"),
             }
         });
     }
 }
 
+/// Most envelopes of one session being stored at once: enough for group
+/// commit to fill its batches, bounded so a fast sender cannot grow memory.
+const IN_FLIGHT_PER_SESSION: usize = 512;
+
+/// Reads envelopes from a session and stores them concurrently (so that many
+/// share one disk sync); each is acknowledged as soon as it is durable.
+async fn serve_session(inner: Arc<Inner>, sess: Session) {
+    let Session {
+        peer,
+        mut writer,
+        mut reader,
+    } = sess;
+    let peer = UserKey(peer);
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Frame>(IN_FLIGHT_PER_SESSION);
+    let acks = tokio::spawn(async move {
+        while let Some(frame) = ack_rx.recv().await {
+            let Ok(out) = postcard::to_stdvec(&frame) else {
+                break;
+            };
+            if writer.send(&out).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_PER_SESSION));
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let bytes = tokio::select! {
+            r = reader.recv() => match r {
+                Ok(b) => b,
+                Err(_) => break,
+            },
+            // A node shutting down closes its sessions.
+            _ = shutdown.changed() => break,
+        };
+        let Ok(Frame::Envelope(b)) = postcard::from_bytes::<Frame>(&bytes) else {
+            break;
+        };
+        let env = match Envelope::from_bytes(&b) {
+            Ok(env) => env,
+            Err(e) => {
+                let _ = ack_tx.send(Frame::Nack([0; 16], e.to_string())).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (inner, ack_tx) = (inner.clone(), ack_tx.clone());
+        tokio::spawn(async move {
+            let id = env.id.0;
+            let relayed = env.sender != peer;
+            let frame = match deliver_incoming(&inner, env, relayed).await {
+                Ok(()) => Frame::Ack(id),
+                Err(e) => Frame::Nack(id, e.to_string()),
+            };
+            let _ = ack_tx.send(frame).await;
+            drop(permit);
+        });
+    }
+    drop(ack_tx);
+    let _ = acks.await;
+}
+
 /// Takes in an envelope addressed to us: verified, opened, durable in the
 /// history (exactly once, by id) before this returns Ok, which is when it may
-/// be acknowledged. `relayed`: it came through a relay, so its relays are told
-/// to drop their copies and its sender gets a delivery receipt.
+/// be acknowledged. `relayed`: it came through a relay, so (in the background)
+/// the relays of our mailbox are told to drop their copies and the sender gets
+/// a delivery receipt.
 pub(crate) async fn deliver_incoming(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     env: Envelope,
     relayed: bool,
 ) -> Result<(), ChatError> {
@@ -391,8 +436,12 @@ pub(crate) async fn deliver_incoming(
                     .send(ChatEvent::Message(view_of(inner, &stored).await));
             }
             if relayed {
-                ack_relays(inner, vec![env.id]).await;
-                send_receipt(inner, env.sender, Content::Delivered { ids: vec![env.id] }).await;
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    ack_relays(&inner, vec![env.id]).await;
+                    send_receipt(&inner, env.sender, Content::Delivered { ids: vec![env.id] })
+                        .await;
+                });
             }
         }
         Content::Delivered { ids } => {
@@ -435,54 +484,77 @@ async fn ack_relays(inner: &Inner, ids: Vec<MessageId>) {
     }
 }
 
-/// Fetches our mailbox from the nodes closest to it (at login, and now and
-/// then): every envelope is stored, then acknowledged to every relay.
-pub(crate) async fn fetch_mailbox(inner: &Inner) -> usize {
+/// Fetches our mailbox from the nodes closest to it, all at once (at login, and
+/// now and then): every envelope is stored, then acknowledged to every relay,
+/// and its sender gets a receipt (in the background). Returns how many texts
+/// were new.
+pub(crate) async fn fetch_mailbox(inner: &Arc<Inner>) -> usize {
     let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await else {
         return 0;
     };
-    let mut got = 0;
+    let mut set = JoinSet::new();
     for n in nodes {
-        for _round in 0..64 {
-            let auth = FetchAuth::new(&inner.identity, n.id, now_ms());
-            let args = wire::args("auth", Value::Bytes(auth.to_bytes()));
-            let Ok(Some(Ok(resp))) = inner.dht.request(n.addr, wire::FETCH, args).await else {
-                break;
-            };
-            let mut ids = Vec::new();
-            for b in wire::byte_list(&resp.other, "envs") {
-                if let Ok(env) = Envelope::from_bytes(b) {
-                    let id = env.id;
-                    if deliver_incoming_quiet(inner, env).await {
-                        got += 1;
+        let inner = inner.clone();
+        set.spawn(async move {
+            let mut got = Vec::new();
+            for _round in 0..64 {
+                let auth = FetchAuth::new(&inner.identity, n.id, now_ms());
+                let args = wire::args("auth", Value::Bytes(auth.to_bytes()));
+                let Ok(Some(Ok(resp))) = inner.dht.request(n.addr, wire::FETCH, args).await else {
+                    break;
+                };
+                let mut ids = Vec::new();
+                for b in wire::byte_list(&resp.other, "envs") {
+                    let Ok(env) = Envelope::from_bytes(b) else {
+                        continue;
+                    };
+                    let (id, sender) = (env.id, env.sender);
+                    if deliver_incoming(&inner, env, false).await.is_ok() {
+                        got.push((sender, id));
                     }
                     ids.push(id);
                 }
+                if ids.is_empty() {
+                    break;
+                }
+                // Acked before fetching more: the relay then hands out the next ones.
+                ack_relays(&inner, ids).await;
+                if wire::int(&resp.other, "more") != Some(1) {
+                    break;
+                }
             }
-            if ids.is_empty() {
-                break;
-            }
-            ack_relays(inner, ids).await;
-            if wire::int(&resp.other, "more") != Some(1) {
-                break;
-            }
+            got
+        });
+    }
+    let mut got = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(g) = r {
+            got.extend(g);
         }
     }
-    got
-}
-
-/// [`deliver_incoming`] for fetched envelopes, whose acks are sent in batches by the caller.
-async fn deliver_incoming_quiet(inner: &Inner, env: Envelope) -> bool {
-    let sender = env.sender;
-    let id = env.id;
-    let is_text = matches!(env.open(&inner.identity), Ok(Content::Text { .. }));
-    match deliver_incoming(inner, env, false).await {
-        Ok(()) => {
-            if is_text {
-                send_receipt(inner, sender, Content::Delivered { ids: vec![id] }).await;
+    got.sort();
+    got.dedup();
+    let n = got.len();
+    if n > 0 {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut by_sender: BTreeMap<UserKey, Vec<MessageId>> = BTreeMap::new();
+            for (s, id) in got {
+                by_sender.entry(s).or_default().push(id);
             }
-            true
-        }
-        Err(_) => false,
+            for (sender, ids) in by_sender {
+                for chunk in ids.chunks(peerchat_chat::MAX_RECEIPT_IDS) {
+                    send_receipt(
+                        &inner,
+                        sender,
+                        Content::Delivered {
+                            ids: chunk.to_vec(),
+                        },
+                    )
+                    .await;
+                }
+            }
+        });
     }
+    n
 }

@@ -17,6 +17,12 @@ pub(crate) async fn publisher(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.clone();
     let mut last_publish: Option<std::time::Instant> = None;
     loop {
+        // The mailbox first: at login what waits for us is what the user wants to
+        // see; then now and then (relays also push when they see our presence).
+        let got = super::delivery::fetch_mailbox(&inner).await;
+        if got > 0 {
+            tracing::info!("{got} messages from the mailbox");
+        }
         let due = last_publish.is_none_or(|t| t.elapsed() >= inner.config.presence_every)
             || !inner.claimed.load(Ordering::Relaxed);
         if due {
@@ -25,11 +31,6 @@ pub(crate) async fn publisher(inner: Arc<Inner>) {
                 Ok(()) => last_publish = Some(std::time::Instant::now()),
                 Err(e) => tracing::debug!("publishing presence: {e}"),
             }
-        }
-        // The mailbox: at login, then now and then (relays also push when they see us).
-        let got = super::delivery::fetch_mailbox(&inner).await;
-        if got > 0 {
-            tracing::info!("{got} messages from the mailbox");
         }
         let wait = if inner.claimed.load(Ordering::Relaxed) {
             std::time::Duration::from_secs(60)
@@ -120,6 +121,31 @@ pub(crate) async fn presence_of(inner: &Inner, key: &UserKey) -> Option<Presence
         .await
         .ok()?;
     Presence::from_item(&item?, key).ok()
+}
+
+/// How long a looked-up presence record is trusted before looking again.
+const PRESENCE_CACHE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`presence_of`], remembered for a while (sending many messages to one peer
+/// must not cost a DHT lookup each).
+pub(crate) async fn presence_cached(inner: &Inner, key: &UserKey) -> Option<Presence> {
+    if let Some((p, at)) = inner.presence.lock().await.get(key)
+        && at.elapsed() < PRESENCE_CACHE
+    {
+        return Some(p.clone());
+    }
+    let p = presence_of(inner, key).await?;
+    let mut cache = inner.presence.lock().await;
+    if cache.len() >= 4096 {
+        cache.clear();
+    }
+    cache.insert(*key, (p.clone(), std::time::Instant::now()));
+    Some(p)
+}
+
+/// Drops a remembered presence record (it led nowhere).
+pub(crate) async fn forget_presence(inner: &Inner, key: &UserKey) {
+    inner.presence.lock().await.remove(key);
 }
 
 /// Asks the nodes closest to `name` who holds it.

@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Names of keys seen (contacts), cached for views.
     pub(crate) names: Mutex<HashMap<UserKey, String>>,
+    /// Presence records looked up recently.
+    pub(crate) presence: Mutex<HashMap<UserKey, (peerchat_chat::Presence, std::time::Instant)>>,
 }
 
 /// A running chat node.
@@ -261,6 +263,7 @@ impl ChatNode {
             claimed: AtomicBool::new(false),
             shutdown,
             names: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
         });
         let db = &inner.db;
         db.meta_set(meta_keys::LISTEN_ADDR, &config.listen.to_string())

@@ -42,7 +42,7 @@ fn server(msg: impl std::fmt::Display) -> (i64, String) {
     (code::SERVER, msg.to_string())
 }
 
-async fn answer(inner: &Inner, q: &IncomingQuery) -> Answer {
+async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
     let now = now_ms();
     match q.method.as_slice() {
         wire::CLAIM => {

@@ -20,7 +20,7 @@ async fn start(dir: &Path, name: &str, boot: Option<SocketAddr>, fresh: bool) ->
 async fn wait_for<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     for _ in 0..300 {
         if f().await {

@@ -1,6 +1,9 @@
 //! The `peerchat` command: a node of the Peerchat network and its tools.
 #![forbid(unsafe_code)]
 
+mod bench;
+mod bench_chat;
+mod chat_cmd;
 mod dht_cmd;
 
 use anyhow::Result;
@@ -11,6 +14,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "peerchat", version, about, long_about = None)]
 struct Cli {
+    /// The user's data directory (default: the platform's data directory, e.g. ~/.local/share/peerchat).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -20,6 +26,19 @@ enum Command {
     /// The DHT: run a bare node, or store and fetch BEP 44 items.
     #[command(subcommand)]
     Dht(dht_cmd::DhtCommand),
+    #[command(flatten)]
+    Chat(chat_cmd::ChatCommand),
+    /// Benchmarks, measured on this machine, in this process.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Durable direct messages per second between two nodes, and login to offline messages shown.
+    Chat(bench_chat::ChatBenchArgs),
+    /// N real DHT nodes on loopback in this process: formation, lookups, BEP 44 get/put (optionally against the mainline crate).
+    Dht(bench::DhtBenchArgs),
 }
 
 fn main() {
@@ -37,12 +56,20 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The DHT benchmark builds its own runtime per implementation, so that each
+    // is measured alone.
+    if let Some(Command::Bench(BenchCommand::Dht(a))) = cli.command {
+        return bench::run_dht(a);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     match cli.command {
         Some(Command::Dht(cmd)) => rt.block_on(dht_cmd::run(cmd)),
+        Some(Command::Bench(BenchCommand::Chat(a))) => rt.block_on(bench_chat::run(a)),
+        Some(Command::Bench(BenchCommand::Dht(a))) => bench::run_dht(a),
+        Some(Command::Chat(cmd)) => rt.block_on(chat_cmd::run(cli.data_dir, cmd)),
         None => rt.block_on(dht_cmd::run(dht_cmd::DhtCommand::Serve(
             dht_cmd::ServeArgs::default_local(),
         ))),

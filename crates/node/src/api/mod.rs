@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::chat::ChatNode;
@@ -154,9 +154,10 @@ where
     let token = make_token(&rand::random::<[u8; 32]>());
     let (stop, stopped) = watch::channel(false);
     let stop = Arc::new(stop);
+    let (events, _) = broadcast::channel(routes::EVENT_BUFFER);
     let app = routes::router(routes::AppState {
         client: node.client(),
-        events: node.subscribe(),
+        events: events.clone(),
         token: token.clone(),
         port: addr.port(),
         stopped: stopped.clone(),
@@ -179,6 +180,11 @@ where
             stop.send_replace(true);
         }
     };
+    tokio::spawn(routes::forward_events(
+        node.subscribe(),
+        events,
+        stopped.clone(),
+    ));
     let mut drained = stopped;
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(graceful);

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
+use peerchat_chat::MAX_TEXT_BYTES;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -30,8 +31,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(super) struct AppState {
     pub(super) client: ChatClient,
-    /// Never read: each event stream takes a fresh receiver from it.
-    pub(super) events: broadcast::Receiver<ChatEvent>,
+    /// The API's own fan-out of the node's events (see [`forward_events`]).
+    pub(super) events: broadcast::Sender<Fanned>,
     pub(super) token: String,
     pub(super) port: u16,
     pub(super) stopped: watch::Receiver<bool>,
@@ -281,6 +282,15 @@ async fn send(
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> ApiResult<SendResponse> {
     let Json(req) = body?;
+    // Checked here too (the node checks it after resolving the name), so
+    // that an over-long text is refused at once, without a network lookup.
+    let len = req.text.trim_end_matches(['\n', '\r']).len();
+    if len > MAX_TEXT_BYTES {
+        return Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("message text is {len} bytes, the most is {MAX_TEXT_BYTES}"),
+        ));
+    }
     let id = s.client.send(&req.to, &req.text).await?;
     Ok(Json(SendResponse { id }))
 }
@@ -338,9 +348,50 @@ async fn add_contact(
 
 // ----- the event stream ----------------------------------------------------------
 
+/// How many events the API buffers for its slowest event stream.
+pub(super) const EVENT_BUFFER: usize = 256;
+
+/// An item of the API's fan-out channel.
+#[derive(Clone, Debug)]
+pub(super) enum Fanned {
+    Event(ChatEvent),
+    /// The forwarder itself fell behind the node by this many events.
+    Lagged(u64),
+}
+
+/// Moves the node's events to the API's fan-out channel as they come, until
+/// the server stops. The node's channel is drained at once (nothing kept for
+/// a reader that is not there); each event stream subscribes to `to` and gets
+/// at most [`EVENT_BUFFER`] events behind before it is told it lagged.
+pub(super) async fn forward_events(
+    mut from: broadcast::Receiver<ChatEvent>,
+    to: broadcast::Sender<Fanned>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let got = tokio::select! {
+            r = from.recv() => r,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let item = match got {
+            Ok(e) => Fanned::Event(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Fanned::Lagged(n),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        // No stream open: the event is dropped, as it should be.
+        let _ = to.send(item);
+    }
+}
+
 enum Feed {
-    Start(broadcast::Receiver<ChatEvent>, watch::Receiver<bool>),
-    Running(broadcast::Receiver<ChatEvent>, watch::Receiver<bool>),
+    Start(broadcast::Receiver<Fanned>, watch::Receiver<bool>),
+    Running(broadcast::Receiver<Fanned>, watch::Receiver<bool>),
+}
+
+fn lagged_event(n: u64) -> Event {
+    Event::default()
+        .event("lagged")
+        .data(format!(r#"{{"type":"lagged","missed":{n}}}"#))
 }
 
 /// The next SSE event of a feed, or `None` when the server stops.
@@ -360,7 +411,8 @@ async fn next_event(feed: Feed) -> Option<(Event, Feed)> {
         _ = stopped.wait_for(|s| *s) => return None,
     };
     let ev = match got {
-        Ok(e) => {
+        Ok(Fanned::Lagged(n)) => lagged_event(n),
+        Ok(Fanned::Event(e)) => {
             let name = match &e {
                 ChatEvent::Message(_) => "message",
                 ChatEvent::State { .. } => "state",
@@ -375,9 +427,7 @@ async fn next_event(feed: Feed) -> Option<(Event, Feed)> {
         }
         // A slow reader: the channel dropped events for it rather than grow.
         // The client should re-read what it shows.
-        Err(broadcast::error::RecvError::Lagged(n)) => Event::default()
-            .event("lagged")
-            .data(format!(r#"{{"type":"lagged","missed":{n}}}"#)),
+        Err(broadcast::error::RecvError::Lagged(n)) => lagged_event(n),
         Err(broadcast::error::RecvError::Closed) => return None,
     };
     Some((ev, Feed::Running(rx, stopped)))
@@ -386,7 +436,7 @@ async fn next_event(feed: Feed) -> Option<(Event, Feed)> {
 async fn events(
     State(s): State<Shared>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + Send + 'static> {
-    let feed = Feed::Start(s.events.resubscribe(), s.stopped.clone());
+    let feed = Feed::Start(s.events.subscribe(), s.stopped.clone());
     let stream = futures_util::stream::unfold(feed, |f| async move {
         next_event(f).await.map(|(ev, f)| (Ok(ev), f))
     });
@@ -410,6 +460,32 @@ mod tests {
         assert!(!is_local_authority("[::1]:8080", 8080));
         assert!(!is_local_authority("127.0.0.1:+8080", 8080));
         assert!(!is_local_authority("user@127.0.0.1:8080", 8080));
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_lagged_then_the_rest() {
+        let (tx, rx) = broadcast::channel(2);
+        let (stop, stopped) = watch::channel(false);
+        for i in 0..5 {
+            let _ = tx.send(Fanned::Event(ChatEvent::State {
+                id: format!("{i}"),
+                state: "delivered".into(),
+            }));
+        }
+        let Some((ev, feed)) = next_event(Feed::Running(rx, stopped)).await else {
+            panic!("a lagged event");
+        };
+        let text = format!("{ev:?}");
+        assert!(
+            text.contains("lagged") && text.contains("missed\\\":3"),
+            "{text}"
+        );
+        let Some((ev, feed)) = next_event(feed).await else {
+            panic!("the next event");
+        };
+        assert!(format!("{ev:?}").contains("\\\"id\\\":\\\"3\\\""));
+        stop.send_replace(true);
+        assert!(next_event(feed).await.is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ const OUTBOX_BATCH: usize = 256;
 
 /// What travels in a session.
 #[derive(Serialize, Deserialize, Debug)]
-enum Frame {
+pub(crate) enum Frame {
     /// A sealed envelope.
     Envelope(Vec<u8>),
     /// The envelope with this id is durable at the receiver.
@@ -49,16 +49,16 @@ pub(crate) async fn send_text(
     if text.trim().is_empty() {
         return Err(ChatError::BadMessage("the message is empty".into()));
     }
+    let content = Content::text(text);
+    content
+        .validate()
+        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
     let key = directory::known_key(inner, to).await?;
     if key == inner.me {
         return Err(ChatError::BadMessage(
             "that is you: pick someone else to write to".into(),
         ));
     }
-    let content = Content::text(text);
-    content
-        .validate()
-        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
     let now = now_ms();
     let env = Envelope::seal(&inner.identity, &key, &content, now, &mut rand::rng())
         .map_err(|e| ChatError::BadMessage(e.to_string()))?;
@@ -74,12 +74,25 @@ pub(crate) async fn send_text(
         .db
         .insert_outgoing(msg.clone(), env.to_bytes())
         .await?;
-    if let Ok(Some(stored)) = inner.db.message(id.0).await {
-        let _ = inner
-            .events
-            .send(ChatEvent::Message(view_of(inner, &stored).await));
+    let stored = crate::db::StoredMessage {
+        id: id.0,
+        peer: key.0,
+        direction: crate::db::Direction::Out,
+        sender: inner.me.0,
+        text: msg.text,
+        sent_ms: msg.sent_ms,
+        received_ms: msg.sent_ms,
+        state: MessageState::Queued,
+    };
+    let _ = inner
+        .events
+        .send(ChatEvent::Message(view_of(inner, &stored).await));
+    // Durable now: stream it on the peer's link, or leave it to the outbox worker.
+    if !super::link::send(inner, env).await {
+        // Not online (or no link): due now for the worker, which relays it.
+        let _ = inner.db.outbox_reschedule(id.0, now as i64).await;
+        inner.outbox_wake.notify_one();
     }
-    inner.outbox_wake.notify_one();
     Ok(id.to_hex())
 }
 
@@ -131,11 +144,15 @@ async fn send_receipt(inner: &Inner, to: UserKey, content: Content) {
 pub(crate) async fn outbox_worker(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.clone();
     loop {
-        let due = inner
+        let mut due = inner
             .db
             .outbox_due(now_ms() as i64, OUTBOX_BATCH)
             .await
             .unwrap_or_default();
+        {
+            let links = inner.links.lock().await;
+            due.retain(|e| !links.in_flight(&MessageId(e.id)));
+        }
         let busy = !due.is_empty();
         let mut by_recipient: BTreeMap<UserKey, Vec<OutboxEntry>> = BTreeMap::new();
         for e in due {
@@ -275,7 +292,11 @@ pub(crate) async fn push(
     HashSet::new()
 }
 
-async fn connect_any(inner: &Inner, to: &UserKey, addrs: &[SocketAddr]) -> Option<Session> {
+pub(crate) async fn connect_any(
+    inner: &Inner,
+    to: &UserKey,
+    addrs: &[SocketAddr],
+) -> Option<Session> {
     for addr in addrs {
         let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
         else {
@@ -430,7 +451,10 @@ pub(crate) async fn deliver_incoming(
                     received_ms: now_ms() as i64,
                 })
                 .await?;
-            if fresh && let Ok(Some(stored)) = inner.db.message(env.id.0).await {
+            if fresh
+                && inner.events.receiver_count() > 0
+                && let Ok(Some(stored)) = inner.db.message(env.id.0).await
+            {
                 let _ = inner
                     .events
                     .send(ChatEvent::Message(view_of(inner, &stored).await));

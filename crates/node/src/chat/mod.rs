@@ -5,6 +5,7 @@
 
 mod delivery;
 mod directory;
+mod link;
 mod relay;
 pub mod views;
 mod wire;
@@ -141,6 +142,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Names of keys seen (contacts), cached for views.
     pub(crate) names: Mutex<HashMap<UserKey, String>>,
+    /// Streaming links to peers.
+    pub(crate) links: Mutex<link::Links>,
     /// Presence records looked up recently.
     pub(crate) presence: Mutex<HashMap<UserKey, (peerchat_chat::Presence, std::time::Instant)>>,
 }
@@ -243,7 +246,7 @@ impl ChatNode {
             }
         }
         let (stop, shutdown) = watch::channel(false);
-        let (events, _) = broadcast::channel(256);
+        let (events, _) = broadcast::channel(16_384);
         let inner = Arc::new(Inner {
             keys: SessionKeys {
                 x25519_secret: identity.x25519_secret(),
@@ -264,6 +267,7 @@ impl ChatNode {
             shutdown,
             names: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            links: Mutex::new(link::Links::default()),
         });
         let db = &inner.db;
         db.meta_set(meta_keys::LISTEN_ADDR, &config.listen.to_string())
@@ -361,6 +365,11 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
+    /// Changes as they happen, for the event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChatEvent> {
+        self.inner.events.subscribe()
+    }
+
     /// Queues a text message to the user called `to`; returns its id. The message
     /// is durable in the outbox before this returns.
     pub async fn send(&self, to: &str, text: &str) -> Result<String, ChatError> {

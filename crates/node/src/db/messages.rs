@@ -20,6 +20,10 @@ fn advance(conn: &Connection, id: &MessageId, state: MessageState) -> Result<boo
     Ok(n > 0)
 }
 
+/// How long a new outbox entry is left to the sender's fast path before the
+/// outbox worker takes it.
+pub(crate) const FAST_PATH_GRACE_MS: i64 = 3_000;
+
 impl Db {
     /// Stores a received message and remembers its id, atomically and durably.
     ///
@@ -46,7 +50,9 @@ impl Db {
     }
 
     /// Stores an outgoing message (history, state `queued`) and its envelope in
-    /// the outbox (due at once), atomically and durably. Fails if the id exists.
+    /// the outbox, atomically and durably. Fails if the id exists. The outbox
+    /// entry is due [`FAST_PATH_GRACE_MS`] later: the sender streams it at once
+    /// and calls [`Db::outbox_reschedule`] only if that fails.
     pub async fn insert_outgoing(
         &self,
         msg: OutgoingMessage,
@@ -60,9 +66,15 @@ impl Db {
             .execute(params![&msg.id[..], &msg.to[..], &msg.from[..], msg.text, msg.sent_ms])?;
             conn.prepare_cached(
                 "INSERT INTO outbox (id, recipient, envelope, created_ms, attempts, next_attempt_ms, relayed) \
-                 VALUES (?1, ?2, ?3, ?4, 0, ?4, 0)",
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, 0)",
             )?
-            .execute(params![&msg.id[..], &msg.to[..], envelope, msg.sent_ms])?;
+            .execute(params![
+                &msg.id[..],
+                &msg.to[..],
+                envelope,
+                msg.sent_ms,
+                msg.sent_ms.saturating_add(FAST_PATH_GRACE_MS)
+            ])?;
             Ok(())
         })
         .await

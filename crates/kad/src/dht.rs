@@ -22,8 +22,10 @@ use crate::token::Tokens;
 
 /// How often periodic work (refresh, expiry, republish) is checked.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
-/// How often an empty table retries its bootstrap nodes.
-const REBOOTSTRAP_EVERY: Duration = Duration::from_secs(15);
+/// Longest wait before an empty table retries its bootstrap nodes (the wait
+/// doubles from one second after each failed attempt, with jitter, so a lost
+/// datagram costs seconds and a crowd of joiners does not retry in lockstep).
+const REBOOTSTRAP_MAX: Duration = Duration::from_secs(15);
 /// Most peers a `get_peers` query collects.
 const MAX_PEERS_COLLECTED: usize = 256;
 
@@ -125,7 +127,13 @@ pub struct Dht<S: RecordStore = MemoryStore> {
     bootstrap_addrs: Vec<SocketAddr>,
     bootstrap_query: Option<QueryId>,
     last_bootstrap: Option<Instant>,
-    refresh_query: Option<QueryId>,
+    /// Bucket refreshes running (several right after joining, then one at a time).
+    refresh_queries: std::collections::HashSet<QueryId>,
+    /// Failed bootstrap attempts in a row, and when to try again.
+    bootstrap_failures: u32,
+    next_bootstrap: Option<Instant>,
+    /// The join's bucket refreshes are running, one after another.
+    joining: bool,
     /// Items we put, republished every `republish_interval`.
     originated: BTreeMap<NodeId, (Item, Instant)>,
     /// BEP 42 votes on our external address.
@@ -164,13 +172,18 @@ impl<S: RecordStore> Dht<S> {
             timers: BinaryHeap::new(),
             queries: HashMap::new(),
             next_query: 1,
-            next_maintenance: now + MAINTENANCE_EVERY,
+            // A random phase, so that nodes started together do not do their
+            // periodic work in lockstep.
+            next_maintenance: now + Duration::from_millis(u64::from(next_tid % 1000)),
             last_rotation: now,
             last_expiry: now,
             bootstrap_addrs: Vec::new(),
             bootstrap_query: None,
             last_bootstrap: None,
-            refresh_query: None,
+            refresh_queries: std::collections::HashSet::new(),
+            bootstrap_failures: 0,
+            next_bootstrap: None,
+            joining: false,
             originated: BTreeMap::new(),
             ip_votes: HashMap::new(),
             external: None,
@@ -944,9 +957,28 @@ impl<S: RecordStore> Dht<S> {
             self.events.push_back(Event::Bootstrapped {
                 contacts: self.table.len(),
             });
+            if self.table.is_empty() {
+                self.bootstrap_failures = self.bootstrap_failures.saturating_add(1);
+                let backoff = Duration::from_secs(1u64 << self.bootstrap_failures.min(4))
+                    .min(REBOOTSTRAP_MAX);
+                let jitter = Duration::from_millis(self.rng.random_range(0..500));
+                self.next_bootstrap = Some(now + backoff + jitter);
+            } else {
+                self.bootstrap_failures = 0;
+                self.next_bootstrap = None;
+                // Joining ends with a refresh of every bucket farther than our
+                // closest neighbour (Kademlia's join): young tables would
+                // otherwise send puts and gets to different "closest" nodes.
+                // One lookup at a time, each starting when the last ends, so a
+                // crowd joining together does not burst.
+                self.joining = true;
+                self.refresh_next(now);
+            }
         }
-        if self.refresh_query == Some(q) {
-            self.refresh_query = None;
+        if self.refresh_queries.remove(&q) {
+            if self.joining && self.refresh_queries.is_empty() {
+                self.refresh_next(now);
+            }
             return;
         }
         self.events.push_back(Event::QueryDone {
@@ -1045,8 +1077,13 @@ impl<S: RecordStore> Dht<S> {
         if self.timers.capacity() > 32 && self.timers.len() * 4 < self.timers.capacity() {
             self.timers.shrink_to(self.timers.len() * 2);
         }
-        if self.transmits.capacity() > 32 && self.transmits.is_empty() {
-            self.transmits.shrink_to(8);
+        // The caller drains these after every input, so between ticks they are
+        // empty: hold no memory for them while idle.
+        if self.transmits.is_empty() {
+            self.transmits.shrink_to(0);
+        }
+        if self.events.is_empty() {
+            self.events.shrink_to(0);
         }
         if now.saturating_duration_since(self.last_rotation) >= self.config.token_rotation {
             self.last_rotation = now;
@@ -1086,28 +1123,40 @@ impl<S: RecordStore> Dht<S> {
         }
         // An empty table retries its bootstrap nodes.
         if self.table.is_empty() && !self.bootstrap_addrs.is_empty() {
-            let due = self
-                .last_bootstrap
-                .is_none_or(|t| now.saturating_duration_since(t) >= REBOOTSTRAP_EVERY);
+            let due = match self.next_bootstrap {
+                Some(t) => now >= t,
+                None => self
+                    .last_bootstrap
+                    .is_none_or(|t| now.saturating_duration_since(t) >= REBOOTSTRAP_MAX),
+            };
             if due {
                 self.bootstrap(&[], now);
             }
             return;
         }
         // Refresh one stale bucket at a time.
-        if self.refresh_query.is_none()
-            && let Some(&b) = self
-                .table
-                .stale_buckets(now, self.config.refresh_interval)
-                .first()
-        {
-            self.table.touch_bucket(b, now);
-            let target = self.id.random_in_bucket(b, &mut self.rng);
-            let q = self.new_query(Kind::Refresh, target, now);
-            if self.queries.contains_key(&q) {
-                self.refresh_query = Some(q);
-            }
+        if self.refresh_queries.is_empty() {
+            self.refresh_next(now);
         }
+    }
+
+    /// Starts a refresh of the next stale bucket; returns whether there was one.
+    /// Ends the join when none is left.
+    fn refresh_next(&mut self, now: Instant) -> bool {
+        let Some(&b) = self
+            .table
+            .stale_buckets(now, self.config.refresh_interval)
+            .first()
+        else {
+            self.joining = false;
+            return false;
+        };
+        self.table.touch_bucket(b, now);
+        let target = self.id.random_in_bucket(b, &mut self.rng);
+        let q = self.insert_query(Kind::Refresh, target, now);
+        self.refresh_queries.insert(q);
+        self.drive(q, now);
+        true
     }
 
     /// A random 32-bit number from the node's RNG (for callers that need one).

@@ -17,7 +17,9 @@ use crate::krpc::NodeInfo;
 
 /// Most candidates a lookup remembers: enough to replace every one of the
 /// `k` closest several times over, bounded so a hostile answer cannot grow it.
-const CANDIDATES_PER_K: usize = 8;
+const CANDIDATES_PER_K: usize = 2;
+/// Room beyond `CANDIDATES_PER_K * k`, for requests in flight and stalled ones.
+const CANDIDATES_EXTRA: usize = 16;
 
 /// Where a candidate stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,23 +132,29 @@ impl Lookup {
         if self.candidates.contains_key(&d) {
             return;
         }
-        let cap = self.config.k * CANDIDATES_PER_K;
+        let cap = self.config.k * CANDIDATES_PER_K + CANDIDATES_EXTRA;
         if self.candidates.len() >= cap {
-            // Only keep it if it is closer than the farthest candidate that is not
-            // in flight; drop that one to make room.
-            let Some(far) = self
+            // Make room: a failed candidate is of no more use; else the farthest
+            // one not asked yet, if it is farther than the newcomer. (A stalled
+            // one stays: its late answer still counts.)
+            let failed = self
                 .candidates
                 .iter()
                 .rev()
-                .find(|(_, c)| !matches!(c.state, PeerState::Waiting(_)))
-                .map(|(d, _)| *d)
-            else {
+                .find(|(_, c)| c.state == PeerState::Failed)
+                .map(|(d, _)| *d);
+            let victim = failed.or_else(|| {
+                self.candidates
+                    .iter()
+                    .rev()
+                    .find(|(_, c)| c.state == PeerState::NotContacted)
+                    .map(|(d, _)| *d)
+                    .filter(|far| *far > d)
+            });
+            let Some(victim) = victim else {
                 return;
             };
-            if far <= d {
-                return;
-            }
-            self.candidates.remove(&far);
+            self.candidates.remove(&victim);
         }
         self.candidates.insert(
             d,

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use crate::id::{Distance, NodeId};
 use crate::krpc::NodeInfo;
 
+/// Most candidates a bucket's replacement cache keeps: enough to refill it after
+/// a few failures, small enough that full buckets stay cheap.
+pub const MAX_REPLACEMENTS: usize = 8;
+
 /// Failed requests in a row after which a contact is dropped even when the
 /// replacement cache is empty (a dead contact only slows lookups down).
 pub const MAX_FAILURES: u8 = 3;
@@ -181,6 +185,13 @@ impl RoutingTable {
             return Insert::Updated;
         }
         if bucket.entries.len() < k {
+            // Grow 4, 8, 16, ... but never past k: doubling would leave a third
+            // of a full bucket empty, and reserving k at once would waste most of
+            // the sparse buckets near our own id.
+            if bucket.entries.len() == bucket.entries.capacity() {
+                let want = (bucket.entries.capacity() * 2).max(4).min(k);
+                bucket.entries.reserve_exact(want - bucket.entries.len());
+            }
             bucket.entries.push(Entry {
                 node,
                 last_seen: now,
@@ -206,7 +217,7 @@ impl RoutingTable {
             return Insert::Added;
         }
         bucket.replacements.retain(|r| r.id != node.id);
-        if bucket.replacements.len() >= k {
+        if bucket.replacements.len() >= k.min(MAX_REPLACEMENTS) {
             bucket.replacements.pop_front();
         }
         bucket.replacements.push_back(node);

@@ -47,12 +47,10 @@ impl NodeConfig {
 
 /// Binds the socket and starts the node's task. Call from a tokio runtime.
 pub async fn spawn(config: NodeConfig) -> Result<(NodeHandle, JoinHandle<()>), NodeError> {
-    let socket = UdpSocket::bind(config.listen)
-        .await
-        .map_err(|source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let socket = bind(config.listen).map_err(|source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = socket.local_addr().map_err(|source| NodeError::Bind {
         addr: config.listen,
         source,
@@ -75,6 +73,24 @@ pub async fn spawn(config: NodeConfig) -> Result<(NodeHandle, JoinHandle<()>), N
     Ok((handle, task))
 }
 
+/// Socket buffers: a node that many others join through (a bootstrap node)
+/// receives bursts that the default 208 KiB buffer drops. The kernel caps them
+/// at `net.core.rmem_max`/`wmem_max`, and only uses what is queued.
+const SOCKET_BUFFER: usize = 2 << 20;
+
+fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_recv_buffer_size(SOCKET_BUFFER).ok();
+    socket.set_send_buffer_size(SOCKET_BUFFER).ok();
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Runs the core until shutdown or until every handle is dropped.
 async fn run(
     mut dht: Dht,
@@ -85,8 +101,6 @@ async fn run(
     extensions: Option<mpsc::Sender<IncomingQuery>>,
 ) {
     let mut waiting: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>> = HashMap::new();
-    // One byte more than the largest datagram we accept, to tell an oversized one.
-    let mut buf = [0u8; MAX_DATAGRAM + 1];
     let start = tokio::time::Instant::now();
     let start_std = Instant::now();
     let sleep = tokio::time::sleep_until(start);
@@ -99,25 +113,9 @@ async fn run(
             }
         }
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    if n <= MAX_DATAGRAM {
-                        dht.handle_datagram(from, &buf[..n], Instant::now());
-                    }
-                    // Drain what else is queued without going back to the reactor.
-                    for _ in 0..64 {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) if n <= MAX_DATAGRAM => dht.handle_datagram(from, &buf[..n], Instant::now()),
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(e) => {
-                    // ICMP errors (port unreachable) surface here on Linux; they are
-                    // not fatal for a UDP node.
-                    tracing::trace!(%addr, "recv error: {e}");
-                }
+            r = socket.readable() => match r {
+                Ok(()) => receive(&mut dht, &socket),
+                Err(e) => tracing::trace!(%addr, "socket error: {e}"),
             },
             cmd = rx.recv() => match cmd {
                 Some(Command::Query(kind, reply)) => {
@@ -135,9 +133,9 @@ async fn run(
                         external: dht.external_address(),
                     });
                 }
-                Some(Command::Respond { to, tid, answer }) => match answer {
-                    Ok(fields) => dht.respond(to, tid, fields),
-                    Err((code, msg)) => dht.respond_error(to, tid, code, &msg),
+                Some(Command::Respond(r)) => match *r {
+                    (to, tid, Ok(fields)) => dht.respond(to, tid, fields),
+                    (to, tid, Err((code, msg))) => dht.respond_error(to, tid, code, &msg),
                 },
                 Some(Command::AddContacts(nodes)) => {
                     let now = Instant::now();
@@ -151,7 +149,7 @@ async fn run(
                 dht.handle_timeout(Instant::now());
             }
         }
-        flush(&mut dht, &socket, &mut waiting, extensions.as_ref()).await;
+        flush(&mut dht, &socket, &mut waiting, extensions.as_ref());
         let n = dht
             .routing_table()
             .nodes()
@@ -184,8 +182,38 @@ fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
     }
 }
 
+thread_local! {
+    /// The receive buffer, one per worker thread rather than one per node: ten
+    /// thousand idle nodes would otherwise hold fifteen megabytes of buffers.
+    /// One byte more than the largest datagram we accept, to tell an oversized one.
+    static RECV_BUF: std::cell::RefCell<[u8; MAX_DATAGRAM + 1]> =
+        const { std::cell::RefCell::new([0u8; MAX_DATAGRAM + 1]) };
+}
+
+/// Reads every datagram waiting on the socket (up to a bound, to stay fair to
+/// the other nodes on this worker) into the core.
+fn receive(dht: &mut Dht, socket: &UdpSocket) {
+    RECV_BUF.with_borrow_mut(|buf| {
+        for _ in 0..64 {
+            match socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    if let Some(d) = buf.get(..n).filter(|_| n <= MAX_DATAGRAM) {
+                        dht.handle_datagram(from, d, Instant::now());
+                    }
+                }
+                // WouldBlock: drained. Other errors are ICMP reports (port
+                // unreachable) that Linux surfaces here; not fatal for UDP.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// Sends what the core wants sent and hands finished queries to their callers.
-async fn flush(
+/// Never waits: a datagram the kernel cannot take now is dropped, as the
+/// network itself may drop it (the core retries what matters).
+fn flush(
     dht: &mut Dht,
     socket: &UdpSocket,
     waiting: &mut HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
@@ -238,13 +266,13 @@ async fn flush(
             },
         }
     }
+    // The send syscall straight on the socket: tokio's `try_send_to` answers
+    // WouldBlock until its reactor has once reported the socket writable, which
+    // would drop a new node's first datagrams.
+    let raw = socket2::SockRef::from(socket);
     while let Some(t) = dht.poll_transmit() {
-        match socket.try_send_to(&t.payload, t.dst) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = socket.send_to(&t.payload, t.dst).await;
-            }
-            Err(e) => tracing::trace!(dst = %t.dst, "send error: {e}"),
+        if let Err(e) = raw.send_to(&t.payload, &t.dst.into()) {
+            tracing::trace!(dst = %t.dst, "send error: {e}");
         }
     }
 }

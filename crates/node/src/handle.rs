@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 
+/// An answer to an extension query: fields, or a KRPC error code and message.
+pub(crate) type Answer = Result<BTreeMap<Vec<u8>, Value>, (i64, String)>;
+
 /// A request to the node's task.
 pub(crate) enum Command {
     /// Start a query; the answer comes back on the channel. Boxed so that the
@@ -19,12 +22,8 @@ pub(crate) enum Command {
     Query(Box<QueryKind>, oneshot::Sender<(Outcome, QueryStats)>),
     /// Report a snapshot.
     Snapshot(oneshot::Sender<NodeSnapshot>),
-    /// Answer an extension query.
-    Respond {
-        to: SocketAddr,
-        tid: Vec<u8>,
-        answer: Result<BTreeMap<Vec<u8>, Value>, (i64, String)>,
-    },
+    /// Answer an extension query (boxed: the channel's slots stay small).
+    Respond(Box<(SocketAddr, Vec<u8>, Answer)>),
     /// Add contacts from a saved routing table.
     AddContacts(Vec<NodeInfo>),
     /// Stop the task.
@@ -252,11 +251,11 @@ impl NodeHandle {
         fields: BTreeMap<Vec<u8>, Value>,
     ) -> Result<(), NodeError> {
         self.tx
-            .send(Command::Respond {
-                to: q.from,
-                tid: q.tid.clone(),
-                answer: Ok(fields),
-            })
+            .send(Command::Respond(Box::new((
+                q.from,
+                q.tid.clone(),
+                Ok(fields),
+            ))))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -269,11 +268,11 @@ impl NodeHandle {
         message: &str,
     ) -> Result<(), NodeError> {
         self.tx
-            .send(Command::Respond {
-                to: q.from,
-                tid: q.tid.clone(),
-                answer: Err((code, message.to_string())),
-            })
+            .send(Command::Respond(Box::new((
+                q.from,
+                q.tid.clone(),
+                Err((code, message.to_string())),
+            ))))
             .await
             .map_err(|_| NodeError::Stopped)
     }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_chat;
 mod chat_cmd;
 mod dht_cmd;
+mod sim_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Dht(dht_cmd::DhtCommand),
     #[command(flatten)]
     Chat(chat_cmd::ChatCommand),
+    /// The deterministic simulator: many DHT nodes in virtual time, with seeded latency, loss and churn.
+    Sim(sim_cmd::SimArgs),
     /// Benchmarks, measured on this machine, in this process.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,8 +61,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // The DHT benchmark builds its own runtime per implementation, so that each
     // is measured alone.
-    if let Some(Command::Bench(BenchCommand::Dht(a))) = cli.command {
-        return bench::run_dht(a);
+    match cli.command {
+        Some(Command::Bench(BenchCommand::Dht(a))) => return bench::run_dht(a),
+        Some(Command::Sim(a)) => return sim_cmd::run(a),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -69,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Dht(cmd)) => rt.block_on(dht_cmd::run(cmd)),
         Some(Command::Bench(BenchCommand::Chat(a))) => rt.block_on(bench_chat::run(a)),
         Some(Command::Bench(BenchCommand::Dht(a))) => bench::run_dht(a),
+        Some(Command::Sim(a)) => sim_cmd::run(a),
         Some(Command::Chat(cmd)) => rt.block_on(chat_cmd::run(cli.data_dir, cmd)),
         None => rt.block_on(dht_cmd::run(dht_cmd::DhtCommand::Serve(
             dht_cmd::ServeArgs::default_local(),

@@ -61,6 +61,9 @@ struct Pending {
     dst: SocketAddr,
     expect: Option<NodeId>,
     purpose: Purpose,
+    /// A lookup request is sent a second time, identical, when it stalls: one
+    /// lost datagram must not make a lookup miss the node it was asking.
+    resend: Option<Vec<u8>>,
 }
 
 /// Timer entries, lazily deleted.
@@ -267,7 +270,9 @@ impl<S: RecordStore> Dht<S> {
     fn insert_query(&mut self, kind: Kind, target: NodeId, now: Instant) -> QueryId {
         let id = QueryId(self.next_query);
         self.next_query += 1;
-        let seeds = self.table.closest(&target, self.config.k);
+        // Twice k seeds: when the closest contacts are gone (churn), the lookup
+        // still has live ones to start from.
+        let seeds = self.table.closest(&target, self.config.k * 2);
         let lookup = Lookup::new(target, self.lookup_config(), seeds);
         self.queries.insert(
             id,
@@ -450,6 +455,7 @@ impl<S: RecordStore> Dht<S> {
         };
         let payload = msg.encode();
         self.stats.bytes_sent += payload.len() as u64;
+        let resend = matches!(purpose, Purpose::Lookup(_)).then(|| payload.clone());
         self.transmits.push_back(Transmit { dst, payload });
         if let Purpose::Lookup(q) = purpose {
             self.timers.push(Reverse((
@@ -467,6 +473,7 @@ impl<S: RecordStore> Dht<S> {
                 dst,
                 expect,
                 purpose,
+                resend,
             },
         );
         tid
@@ -999,7 +1006,15 @@ impl<S: RecordStore> Dht<S> {
             self.timers.pop();
             match timer {
                 Timer::Stall(tid, q) => {
-                    if self.pending.contains_key(&tid) {
+                    if let Some(p) = self.pending.get_mut(&tid) {
+                        if let Some(payload) = p.resend.take() {
+                            self.stats.bytes_sent += payload.len() as u64;
+                            self.stats.retransmits += 1;
+                            self.transmits.push_back(Transmit {
+                                dst: p.dst,
+                                payload,
+                            });
+                        }
                         let q = QueryId(q);
                         if let Some(run) = self.queries.get_mut(&q) {
                             run.lookup.on_timeout(now);

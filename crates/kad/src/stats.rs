@@ -15,6 +15,8 @@ pub struct Stats {
     pub errors_received: u64,
     /// Requests that got no answer in time.
     pub timeouts: u64,
+    /// Lookup requests sent a second time after stalling.
+    pub retransmits: u64,
     /// Datagrams that were not valid KRPC.
     pub dropped_malformed: u64,
     /// Responses that matched no request of ours (or came from the wrong address).

@@ -48,6 +48,23 @@ pub(crate) async fn publisher(inner: Arc<Inner>) {
 async fn claim_name(inner: &Inner) {
     let claim = NameClaim::new(&inner.identity, &inner.name, 1, now_ms());
     let bytes = claim.to_bytes();
+    // We are among the nodes closest to our own name too (find_node never
+    // returns us): keep our claim here as any storer would (first claim wins).
+    let existing = held_claim(inner, &inner.name).await;
+    if matches!(
+        peerchat_chat::accept_claim(existing.as_ref(), &claim),
+        Ok(peerchat_chat::Accept::New)
+    ) && let Err(e) = inner
+        .db
+        .name_claim_put(crate::db::NameClaim {
+            name: inner.name.as_str().to_string(),
+            claim: bytes.clone(),
+            stored_ms: now_ms() as i64,
+        })
+        .await
+    {
+        tracing::debug!("storing our own claim: {e}");
+    }
     let Ok((nodes, _)) = inner.dht.find_node(inner.name.target()).await else {
         return;
     };
@@ -157,7 +174,9 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
         let args = wire::args("name", Value::Bytes(name.as_str().as_bytes().to_vec()));
         set.spawn(async move { dht.request(n.addr, wire::RESOLVE, args).await });
     }
-    let mut claims = Vec::new();
+    // We may be one of the k closest nodes ourselves (find_node never returns
+    // us): the claim we hold counts too.
+    let mut claims: Vec<NameClaim> = held_claim(inner, name).await.into_iter().collect();
     while let Some(r) = set.join_next().await {
         if let Ok(Ok(Some(Ok(resp)))) = r
             && let Some(Ok(c)) = wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes)
@@ -168,6 +187,14 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
         }
     }
     Ok(resolve_claims(name, &claims).map(|c| c.key))
+}
+
+/// The valid claim for `name` stored at this node, if any.
+async fn held_claim(inner: &Inner, name: &Username) -> Option<NameClaim> {
+    let held = inner.db.name_claim_get(name.as_str()).await.ok()??;
+    NameClaim::from_bytes(&held.claim)
+        .ok()
+        .filter(|c| c.verify().is_ok() && c.name == *name)
 }
 
 /// The key of a name: our pinned contact if we have one, else the network's answer (then pinned).

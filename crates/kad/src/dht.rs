@@ -252,6 +252,20 @@ impl<S: RecordStore> Dht<S> {
         })
     }
 
+    /// Drops timers of requests already answered from the top of the heap, so
+    /// that [`Dht::poll_timeout`] does not wake the caller for nothing.
+    fn prune_timers(&mut self) {
+        while let Some(Reverse((_, timer))) = self.timers.peek() {
+            let tid = match timer {
+                Timer::Stall(tid, _) | Timer::Expire(tid) => *tid,
+            };
+            if self.pending.contains_key(&tid) {
+                break;
+            }
+            self.timers.pop();
+        }
+    }
+
     /// Adds a contact learned elsewhere (a saved routing table), as if it had
     /// answered: it is checked by the usual pings and failures.
     pub fn add_contact(&mut self, node: NodeInfo, now: Instant) {
@@ -525,6 +539,11 @@ impl<S: RecordStore> Dht<S> {
     /// Handles one datagram received from `from` at `now`. Bad input is counted
     /// and dropped (or answered with error 203), never a panic.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.on_datagram(from, bytes, now);
+        self.prune_timers();
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
         self.stats.bytes_received += bytes.len() as u64;
         let msg = match Message::decode(bytes) {
             Ok(m) => m,
@@ -1034,6 +1053,7 @@ impl<S: RecordStore> Dht<S> {
             self.next_maintenance = now + MAINTENANCE_EVERY;
             self.maintenance(now);
         }
+        self.prune_timers();
     }
 
     fn on_expired(&mut self, p: Pending, now: Instant) {

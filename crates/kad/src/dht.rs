@@ -61,9 +61,10 @@ struct Pending {
     dst: SocketAddr,
     expect: Option<NodeId>,
     purpose: Purpose,
-    /// A lookup request is sent a second time, identical, when it stalls: one
-    /// lost datagram must not make a lookup miss the node it was asking.
-    resend: Option<Vec<u8>>,
+    /// A lookup request is sent a second time, identical (same transaction
+    /// id), when it stalls: one lost datagram must not make a lookup miss the
+    /// node it was asking. Set once it was.
+    resent: bool,
 }
 
 /// Timer entries, lazily deleted.
@@ -104,6 +105,24 @@ struct Running {
     storing: Option<(usize, usize, Vec<KrpcError>)>,
     /// Bootstrap seeds not answered yet.
     seeds_out: usize,
+}
+
+impl Running {
+    /// The request this query's lookup sends to each node it asks.
+    fn lookup_query(&self) -> Query {
+        let target = self.lookup.target();
+        match &self.kind {
+            Kind::Bootstrap | Kind::FindNode | Kind::Refresh => Query::FindNode { target },
+            Kind::GetPeers | Kind::Announce { .. } => Query::GetPeers { info_hash: target },
+            Kind::GetImmutable | Kind::PutImmutable { .. } | Kind::PutMutable { .. } => {
+                Query::Get { target, seq: None }
+            }
+            Kind::GetMutable { min_seq, .. } => Query::Get {
+                target,
+                seq: *min_seq,
+            },
+        }
+    }
 }
 
 /// A sans-IO DHT node.
@@ -469,12 +488,19 @@ impl<S: RecordStore> Dht<S> {
         };
         let payload = msg.encode();
         self.stats.bytes_sent += payload.len() as u64;
-        let resend = matches!(purpose, Purpose::Lookup(_)).then(|| payload.clone());
         self.transmits.push_back(Transmit { dst, payload });
-        if let Purpose::Lookup(q) = purpose {
+        // Lookup steps and eviction pings are sent again once if they stall: a
+        // single lost datagram must neither make a lookup miss a node nor evict
+        // a good contact.
+        let stall = match purpose {
+            Purpose::Lookup(q) => Some(q.0),
+            Purpose::EvictionPing => Some(0),
+            _ => None,
+        };
+        if let Some(q) = stall {
             self.timers.push(Reverse((
                 now + self.config.request_timeout,
-                Timer::Stall(tid, q.0),
+                Timer::Stall(tid, q),
             )));
         }
         self.timers.push(Reverse((
@@ -487,7 +513,7 @@ impl<S: RecordStore> Dht<S> {
                 dst,
                 expect,
                 purpose,
-                resend,
+                resent: false,
             },
         );
         tid
@@ -833,22 +859,7 @@ impl<S: RecordStore> Dht<S> {
             match run.lookup.next(now) {
                 Next::Query(node) => {
                     run.rpcs += 1;
-                    let target = run.lookup.target();
-                    let query = match &run.kind {
-                        Kind::Bootstrap | Kind::FindNode | Kind::Refresh => {
-                            Query::FindNode { target }
-                        }
-                        Kind::GetPeers | Kind::Announce { .. } => {
-                            Query::GetPeers { info_hash: target }
-                        }
-                        Kind::GetImmutable
-                        | Kind::PutImmutable { .. }
-                        | Kind::PutMutable { .. } => Query::Get { target, seq: None },
-                        Kind::GetMutable { min_seq, .. } => Query::Get {
-                            target,
-                            seq: *min_seq,
-                        },
-                    };
+                    let query = run.lookup_query();
                     self.send_query(node.addr, Some(node.id), query, Purpose::Lookup(q), now);
                 }
                 Next::Wait => return,
@@ -1026,15 +1037,29 @@ impl<S: RecordStore> Dht<S> {
             match timer {
                 Timer::Stall(tid, q) => {
                     if let Some(p) = self.pending.get_mut(&tid) {
-                        if let Some(payload) = p.resend.take() {
-                            self.stats.bytes_sent += payload.len() as u64;
-                            self.stats.retransmits += 1;
-                            self.transmits.push_back(Transmit {
-                                dst: p.dst,
-                                payload,
-                            });
-                        }
                         let q = QueryId(q);
+                        if !p.resent {
+                            p.resent = true;
+                            let dst = p.dst;
+                            // Rebuilt rather than kept: requests in flight stay small.
+                            let query = match p.purpose {
+                                Purpose::EvictionPing => Some(Query::Ping),
+                                _ => self.queries.get(&q).map(Running::lookup_query),
+                            };
+                            if let Some(query) = query {
+                                let msg = Message {
+                                    tid: tid.to_be_bytes().to_vec(),
+                                    version: Some(self.config.version.clone()),
+                                    ip: None,
+                                    read_only: self.config.read_only,
+                                    body: Body::Query { id: self.id, query },
+                                };
+                                let payload = msg.encode();
+                                self.stats.bytes_sent += payload.len() as u64;
+                                self.stats.retransmits += 1;
+                                self.transmits.push_back(Transmit { dst, payload });
+                            }
+                        }
                         if let Some(run) = self.queries.get_mut(&q) {
                             run.lookup.on_timeout(now);
                         }

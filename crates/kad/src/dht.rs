@@ -479,16 +479,7 @@ impl<S: RecordStore> Dht<S> {
         }
         self.next_tid = tid.wrapping_add(1);
         self.stats.count_sent(&query);
-        let msg = Message {
-            tid: tid.to_be_bytes().to_vec(),
-            version: Some(self.config.version.clone()),
-            ip: None,
-            read_only: self.config.read_only,
-            body: Body::Query { id: self.id, query },
-        };
-        let payload = msg.encode();
-        self.stats.bytes_sent += payload.len() as u64;
-        self.transmits.push_back(Transmit { dst, payload });
+        self.transmit_query(dst, tid, query);
         // Lookup steps and eviction pings are sent again once if they stall: a
         // single lost datagram must neither make a lookup miss a node nor evict
         // a good contact.
@@ -517,6 +508,18 @@ impl<S: RecordStore> Dht<S> {
             },
         );
         tid
+    }
+
+    /// Encodes and queues one of our queries with transaction id `tid`.
+    fn transmit_query(&mut self, dst: SocketAddr, tid: u32, query: Query) {
+        let msg = Message {
+            tid: tid.to_be_bytes().to_vec(),
+            version: Some(self.config.version.clone()),
+            ip: None,
+            read_only: self.config.read_only,
+            body: Body::Query { id: self.id, query },
+        };
+        self.send_message(dst, msg);
     }
 
     pub(crate) fn send_message(&mut self, dst: SocketAddr, msg: Message) {
@@ -1047,17 +1050,8 @@ impl<S: RecordStore> Dht<S> {
                                 _ => self.queries.get(&q).map(Running::lookup_query),
                             };
                             if let Some(query) = query {
-                                let msg = Message {
-                                    tid: tid.to_be_bytes().to_vec(),
-                                    version: Some(self.config.version.clone()),
-                                    ip: None,
-                                    read_only: self.config.read_only,
-                                    body: Body::Query { id: self.id, query },
-                                };
-                                let payload = msg.encode();
-                                self.stats.bytes_sent += payload.len() as u64;
                                 self.stats.retransmits += 1;
-                                self.transmits.push_back(Transmit { dst, payload });
+                                self.transmit_query(dst, tid, query);
                             }
                         }
                         if let Some(run) = self.queries.get_mut(&q) {

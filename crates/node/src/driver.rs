@@ -1,6 +1,6 @@
 //! The node's task: one UDP socket, one core, one timer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::NodeError;
-use crate::handle::{Command, IncomingQuery, NodeHandle, NodeSnapshot, QueryKind};
+use crate::handle::{
+    Command, IncomingQuery, NodeHandle, NodeSnapshot, QueryKind, RECENT_LOOKUPS, RecentLookup,
+    TableEntry,
+};
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -101,6 +104,7 @@ async fn run(
     extensions: Option<mpsc::Sender<IncomingQuery>>,
 ) {
     let mut waiting: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>> = HashMap::new();
+    let mut lookups = Lookups::default();
     let start = tokio::time::Instant::now();
     let start_std = Instant::now();
     let sleep = tokio::time::sleep_until(start);
@@ -120,10 +124,15 @@ async fn run(
             cmd = rx.recv() => match cmd {
                 Some(Command::Query(kind, reply)) => {
                     let now = Instant::now();
+                    let label = lookup_label(&kind, dht.id());
                     let q = start_query(&mut dht, *kind, now);
                     waiting.insert(q, reply);
+                    if let Some(l) = label {
+                        lookups.started.insert(q, l);
+                    }
                 }
                 Some(Command::Snapshot(reply)) => {
+                    let now = Instant::now();
                     let _ = reply.send(NodeSnapshot {
                         id: dht.id(),
                         addr,
@@ -131,6 +140,8 @@ async fn run(
                         stats: dht.stats().clone(),
                         items: peerchat_kad::RecordStore::item_count(dht.store()),
                         external: dht.external_address(),
+                        table: table_of(&dht, now),
+                        lookups: lookups.recent(now),
                     });
                 }
                 Some(Command::Respond(r)) => match *r {
@@ -149,7 +160,13 @@ async fn run(
                 dht.handle_timeout(Instant::now());
             }
         }
-        flush(&mut dht, &socket, &mut waiting, extensions.as_ref());
+        flush(
+            &mut dht,
+            &socket,
+            &mut waiting,
+            &mut lookups,
+            extensions.as_ref(),
+        );
         let n = dht
             .routing_table()
             .nodes()
@@ -157,6 +174,83 @@ async fn run(
             .count();
         live.store(n, Ordering::Relaxed);
     }
+}
+
+/// The lookups callers started, and the last [`RECENT_LOOKUPS`] that finished
+/// (a bounded ring, for views of the network).
+#[derive(Default)]
+struct Lookups {
+    started: HashMap<QueryId, (&'static str, NodeId)>,
+    done: VecDeque<(RecentLookup, Instant)>,
+}
+
+impl Lookups {
+    fn finish(&mut self, id: QueryId, outcome: &Outcome, stats: QueryStats) {
+        let Some((kind, target)) = self.started.remove(&id) else {
+            return;
+        };
+        let found = match outcome {
+            Outcome::Nodes(n) => n.len(),
+            Outcome::Peers(p) => p.len(),
+            Outcome::Immutable(v) => usize::from(v.is_some()),
+            Outcome::Mutable(v) => usize::from(v.is_some()),
+            Outcome::Stored { stored, .. } => *stored,
+            Outcome::Pong(_) | Outcome::Reply(_) => 0,
+        };
+        if self.done.len() == RECENT_LOOKUPS {
+            self.done.pop_front();
+        }
+        let l = RecentLookup {
+            kind,
+            target,
+            ago: std::time::Duration::ZERO,
+            stats,
+            found,
+        };
+        self.done.push_back((l, Instant::now()));
+    }
+
+    /// Newest first.
+    fn recent(&self, now: Instant) -> Vec<RecentLookup> {
+        self.done
+            .iter()
+            .rev()
+            .map(|(l, at)| RecentLookup {
+                ago: now.saturating_duration_since(*at),
+                ..l.clone()
+            })
+            .collect()
+    }
+}
+
+/// What a query looks up, if it is a lookup (pings and direct requests are not).
+fn lookup_label(kind: &QueryKind, own: NodeId) -> Option<(&'static str, NodeId)> {
+    use peerchat_kad::bep44::{immutable_target, mutable_target};
+    Some(match kind {
+        QueryKind::Bootstrap(_) => ("bootstrap", own),
+        QueryKind::FindNode(t) => ("find_node", *t),
+        QueryKind::GetPeers(t) => ("get_peers", *t),
+        QueryKind::Announce(t, _) => ("announce_peer", *t),
+        QueryKind::GetImmutable(t) => ("get", *t),
+        QueryKind::PutImmutable(v) => ("put", immutable_target(v)),
+        QueryKind::GetMutable(k, salt, _) => ("get", mutable_target(k, salt)),
+        QueryKind::PutMutable(item, _) => ("put", item.target()),
+        QueryKind::Ping(_) | QueryKind::Request(..) => return None,
+    })
+}
+
+fn table_of(dht: &Dht, now: Instant) -> Vec<TableEntry> {
+    dht.routing_table()
+        .buckets()
+        .flat_map(|(bucket, b)| {
+            b.entries.iter().map(move |e| TableEntry {
+                node: e.node,
+                bucket,
+                last_seen: now.saturating_duration_since(e.last_seen),
+                failures: e.failures,
+            })
+        })
+        .collect()
 }
 
 fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
@@ -217,11 +311,13 @@ fn flush(
     dht: &mut Dht,
     socket: &UdpSocket,
     waiting: &mut HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
+    lookups: &mut Lookups,
     extensions: Option<&mpsc::Sender<IncomingQuery>>,
 ) {
     while let Some(ev) = dht.poll_event() {
         match ev {
             Event::QueryDone { id, outcome, stats } => {
+                lookups.finish(id, &outcome, stats);
                 if let Some(tx) = waiting.remove(&id) {
                     let _ = tx.send((outcome, stats));
                 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use peerchat_kad::bep44::MutableItem;
 use peerchat_kad::krpc::{KrpcError, Response};
@@ -75,6 +76,42 @@ pub struct NodeSnapshot {
     pub items: usize,
     /// Our address as other nodes report it (BEP 42), once several agree.
     pub external: Option<SocketAddr>,
+    /// The routing table's contacts with their buckets, for views.
+    pub table: Vec<TableEntry>,
+    /// The lookups callers ran most recently (at most [`RECENT_LOOKUPS`]), newest first.
+    pub lookups: Vec<RecentLookup>,
+}
+
+/// Most finished lookups a node remembers for [`NodeSnapshot::lookups`].
+pub const RECENT_LOOKUPS: usize = 32;
+
+/// One contact of the routing table.
+#[derive(Clone, Debug)]
+pub struct TableEntry {
+    /// Its id and address.
+    pub node: NodeInfo,
+    /// Its bucket: 159 for the farthest half of the id space, 0 the closest.
+    pub bucket: usize,
+    /// How long ago it was last heard from.
+    pub last_seen: Duration,
+    /// Failed requests in a row since it last answered.
+    pub failures: u8,
+}
+
+/// A lookup that a caller of the node ran (find_node, get_peers, a BEP 44
+/// get or put, an announce, the bootstrap).
+#[derive(Clone, Debug)]
+pub struct RecentLookup {
+    /// `bootstrap`, `find_node`, `get_peers`, `announce_peer`, `get` or `put`.
+    pub kind: &'static str,
+    /// The id looked up.
+    pub target: NodeId,
+    /// How long ago it finished.
+    pub ago: Duration,
+    /// Its figures (hops, requests, time).
+    pub stats: QueryStats,
+    /// What it found: nodes, peers, 1 or 0 items, or how many nodes stored a put.
+    pub found: usize,
 }
 
 /// A cloneable handle to a running node.

@@ -18,4 +18,6 @@ pub mod session;
 
 pub use driver::{NodeConfig, spawn};
 pub use error::NodeError;
-pub use handle::{IncomingQuery, NodeHandle, NodeSnapshot};
+pub use handle::{
+    IncomingQuery, NodeHandle, NodeSnapshot, RECENT_LOOKUPS, RecentLookup, TableEntry,
+};

@@ -402,7 +402,7 @@ fn width<'a>(items: impl Iterator<Item = &'a str>, header: &str) -> usize {
 
 /// Text as it may safely go to a terminal: control characters (escape
 /// sequences from a peer) are shown escaped, not interpreted.
-fn safe(text: &str) -> String {
+pub(crate) fn safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c == '\n' || c == '\t' || !c.is_control() {
@@ -490,7 +490,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn utc_parts(ms: i64) -> (i64, u32, u32, i64, i64, i64) {
+pub(crate) fn utc_parts(ms: i64) -> (i64, u32, u32, i64, i64, i64) {
     let secs = ms.div_euclid(1000);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
@@ -498,7 +498,7 @@ fn utc_parts(ms: i64) -> (i64, u32, u32, i64, i64, i64) {
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC.
-fn utc_minutes(ms: i64) -> String {
+pub(crate) fn utc_minutes(ms: i64) -> String {
     let (y, mo, d, h, mi, _) = utc_parts(ms);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
 }

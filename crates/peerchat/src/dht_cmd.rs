@@ -277,16 +277,3 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let _ = task.await;
     Ok(())
 }
-
-impl ServeArgs {
-    /// What `peerchat` alone runs until the chat node exists: a DHT node on the
-    /// default port that starts a new network.
-    pub(crate) fn default_local() -> ServeArgs {
-        ServeArgs {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 6881)),
-            bootstrap: Vec::new(),
-            k: peerchat_kad::DEFAULT_K,
-            alpha: peerchat_kad::DEFAULT_ALPHA,
-        }
-    }
-}

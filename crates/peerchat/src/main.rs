@@ -6,12 +6,14 @@ mod bench_chat;
 mod chat_cmd;
 mod dht_cmd;
 mod sim_cmd;
+mod tui;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// Peerchat: a decentralized, peer-to-peer chat on a Kademlia DHT (compatible
 /// with the BitTorrent Mainline DHT). No server, no account provider.
+/// With no subcommand: the terminal UI.
 #[derive(Parser, Debug)]
 #[command(name = "peerchat", version, about, long_about = None)]
 struct Cli {
@@ -20,6 +22,8 @@ struct Cli {
     data_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    tui: tui::TuiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +50,15 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.command.is_none() {
+        // The terminal belongs to the UI: logs go to a file.
+        tui::init_logging(cli.data_dir.as_deref());
+        if let Err(e) = run(cli) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -76,9 +89,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(BenchCommand::Dht(a))) => bench::run_dht(a),
         Some(Command::Sim(a)) => sim_cmd::run(a),
         Some(Command::Chat(cmd)) => rt.block_on(chat_cmd::run(cli.data_dir, cmd)),
-        None => rt.block_on(dht_cmd::run(dht_cmd::DhtCommand::Serve(
-            dht_cmd::ServeArgs::default_local(),
-        ))),
+        None => rt.block_on(tui::run(cli.data_dir, cli.tui)),
     }
 }
 

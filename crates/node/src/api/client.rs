@@ -237,6 +237,11 @@ impl ApiClient {
         self.call("GET", "/api/contacts", None).await
     }
 
+    /// `GET /api/network`: the routing table by bucket and the recent lookups.
+    pub async fn network(&self) -> Result<super::NetworkView, ApiClientError> {
+        self.call("GET", "/api/network", None).await
+    }
+
     /// `POST /api/contacts`: resolves and pins `name`; returns it with its fingerprint.
     pub async fn add_contact(&self, name: &str) -> Result<ContactView, ApiClientError> {
         let body = json(&NameBody { name })?;

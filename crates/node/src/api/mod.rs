@@ -26,7 +26,9 @@
 //! ```
 
 mod client;
+mod network;
 mod routes;
+mod web;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -41,6 +43,7 @@ use crate::chat::ChatNode;
 use crate::datadir::{ApiInfo, DataDirError, make_token};
 
 pub use client::{ApiClient, ApiClientError, ApiEvent, EventStream};
+pub use network::{BucketView, LookupView, NetworkView, PeerView};
 
 /// Largest request body accepted (bigger: 413).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -102,6 +105,13 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// The web app's address, `http://127.0.0.1:PORT/#token=TOKEN`: the token
+    /// rides in the fragment, which the browser never sends to a server. It is
+    /// for a person to open; do not log it.
+    pub fn web_url(&self) -> String {
+        web_url(self.addr, &self.token)
+    }
+
     /// The bearer token (also in `api.json`). Do not log it.
     pub fn token(&self) -> &str {
         &self.token
@@ -128,6 +138,12 @@ impl ApiServer {
             Err(e) => Err(ApiError::Serve(std::io::Error::other(e.to_string()))),
         }
     }
+}
+
+/// The web app's address for an API at `addr` with `token` (see
+/// [`ApiServer::web_url`]); also for a client that read `api.json`.
+pub fn web_url(addr: SocketAddr, token: &str) -> String {
+    format!("http://{addr}/#token={token}")
 }
 
 /// Serves the local API of `node` on `bind` (which must be `127.0.0.1:PORT`;

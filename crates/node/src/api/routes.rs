@@ -38,12 +38,17 @@ pub(super) struct AppState {
     pub(super) stopped: watch::Receiver<bool>,
 }
 
-type Shared = Arc<AppState>;
+pub(super) type Shared = Arc<AppState>;
 
 pub(super) fn router(state: AppState) -> Router {
     let state = Arc::new(state);
-    Router::new()
+    let mut router = Router::new();
+    for path in super::web::paths() {
+        router = router.route(path, get(super::web::serve_asset));
+    }
+    router
         .route("/api/status", get(status))
+        .route("/api/network", get(super::network::network))
         .route("/api/messages", post(send))
         .route("/api/inbox", get(inbox))
         .route("/api/conversations", get(conversations))
@@ -155,7 +160,7 @@ impl From<PathRejection> for ApiFailure {
 
 type ApiResult<T> = Result<Json<T>, ApiFailure>;
 
-async fn not_found() -> ApiFailure {
+pub(super) async fn not_found() -> ApiFailure {
     ApiFailure::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
 }
 
@@ -180,12 +185,22 @@ fn is_local_authority(value: &str, port: u16) -> bool {
 
 /// Host (DNS rebinding), Origin (cross-site) and token checks, in that order.
 pub(super) async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if let Err(f) = check(&s, req.headers(), req.uri()) {
-        return f.into_response();
-    }
-    let mut r = next.run(req).await;
+    let asset = super::web::is_asset(req.method(), req.uri().path());
+    let mut r = match check(&s, req.headers(), req.uri(), asset) {
+        Ok(()) => next.run(req).await,
+        Err(f) => f.into_response(),
+    };
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(super::web::CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -193,7 +208,13 @@ pub(super) async fn guard(State(s): State<Shared>, req: Request, next: Next) -> 
     r
 }
 
-fn check(s: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), ApiFailure> {
+/// `public`: a static file of the web app, served without the token.
+fn check(
+    s: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    public: bool,
+) -> Result<(), ApiFailure> {
     let forbidden = |m: &str| ApiFailure::new(StatusCode::FORBIDDEN, m);
     let host_ok = match headers.get_all(header::HOST).iter().collect::<Vec<_>>()[..] {
         [h] => h.to_str().is_ok_and(|h| is_local_authority(h, s.port)),
@@ -217,6 +238,9 @@ fn check(s: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(),
         if !ok {
             return Err(forbidden("cross-origin requests are not allowed"));
         }
+    }
+    if public {
+        return Ok(());
     }
     let presented = headers
         .get(header::AUTHORIZATION)

@@ -365,6 +365,11 @@ pub struct ChatClient {
 }
 
 impl ChatClient {
+    /// The DHT node under this chat node (the local API's network view).
+    pub(crate) fn dht(&self) -> &NodeHandle {
+        &self.inner.dht
+    }
+
     /// Changes as they happen, for the event stream.
     pub fn subscribe(&self) -> broadcast::Receiver<ChatEvent> {
         self.inner.events.subscribe()

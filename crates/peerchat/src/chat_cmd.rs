@@ -112,6 +112,10 @@ pub(crate) struct RunArgs {
     /// Address of the local API (127.0.0.1 only; port 0 picks a free one).
     #[arg(long, value_name = "127.0.0.1:PORT", default_value = "127.0.0.1:0")]
     api: SocketAddr,
+    /// Print the address of the web app (served by the local API, with the token
+    /// in the address's `#` fragment): open it in a browser on this machine.
+    #[arg(long)]
+    web: bool,
     /// DHT bucket size and replication factor.
     #[arg(long, default_value_t = peerchat_kad::DEFAULT_K)]
     k: usize,
@@ -347,6 +351,9 @@ async fn run_node(dir: &Path, a: RunArgs) -> Result<()> {
         server.url(),
         dir.join(peerchat_node::datadir::API_FILE).display()
     );
+    if a.web {
+        println!("web app    {}", server.web_url());
+    }
     if bootstrap.is_empty() && status.as_ref().is_ok_and(|s| s.routing_table == 0) {
         let port = listen.port();
         let ip = if listen.ip().is_unspecified() {

@@ -463,8 +463,12 @@ pub(crate) async fn deliver_incoming(
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     ack_relays(&inner, vec![env.id]).await;
-                    send_receipt(&inner, env.sender, Content::Delivered { ids: vec![env.id] })
-                        .await;
+                    // One receipt per message: a replayed copy must not make us
+                    // seal and store another one each time.
+                    if fresh {
+                        send_receipt(&inner, env.sender, Content::Delivered { ids: vec![env.id] })
+                            .await;
+                    }
                 });
             }
         }

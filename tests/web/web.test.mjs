@@ -176,6 +176,16 @@ async function main() {
   await pa.screenshot({ path: path.join(OUT, 'alice.png') });
   await pb.screenshot({ path: path.join(OUT, 'bob.png') });
 
+  // Readable on a phone-sized window: nothing wider than the screen.
+  const overflow = await pb.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, 'no horizontal scrolling on a phone-sized page (' + overflow + ' px too wide)');
+  // Keyboard: Tab walks from the name field to its button, Shift+Tab back.
+  await pa.focus('#new-name');
+  await pa.keyboard.press('Tab');
+  check(await pa.evaluate(() => document.activeElement.textContent === 'Look up'), 'Tab reaches "Look up"');
+  await pa.keyboard.press('Shift+Tab');
+  check(await pa.evaluate(() => document.activeElement.id === 'new-name'), 'Shift+Tab goes back');
+
   // The contacts list shows bob's fingerprint.
   await pa.getByRole('button', { name: 'Contacts' }).click();
   await pa.locator('#contacts li', { hasText: sb.fingerprint }).waitFor();

@@ -113,15 +113,6 @@ async function main() {
   }
   await pa.locator('#me', { hasText: 'alice' }).waitFor();
 
-  // Bob adds alice as a contact (what two people do first: look each other up
-  // by name and compare the key fingerprints), from the Contacts view.
-  await pb.getByRole('button', { name: 'Contacts' }).click();
-  await pb.fill('#add-name', 'alice');
-  await pb.press('#add-name', 'Enter');
-  await pb.locator('#add-result', { hasText: sa.fingerprint }).waitFor();
-  await pb.locator('#contacts li', { hasText: 'alice' }).waitFor();
-  await pb.getByRole('button', { name: 'Chats' }).click();
-
   // Bad input: an unknown user.
   await pa.fill('#new-name', 'nobody-here');
   await pa.press('#new-name', 'Enter');
@@ -157,7 +148,25 @@ async function main() {
   await pa.locator('#messages li.msg.out[data-state="delivered"]', { hasText: text }).waitFor({ timeout: 60_000 });
   log('delivered');
 
-  // ...and appears in bob's page: an unread conversation, then the message.
+  // ...and appears in bob's page: an unread conversation from a sender who is
+  // not a contact yet, so shown by the start of alice's key, read-only.
+  const unknown = pb.locator('#convs button.conv[data-peer="' + sa.key.slice(0, 16) + '"]');
+  await unknown.locator('.badge', { hasText: '1' }).waitFor();
+  await unknown.click();
+  await pb.locator('#messages li.msg.in', { hasText: text }).waitFor();
+  await pb.locator('#chat-fp', { hasText: 'not in your contacts' }).waitFor();
+  check(!(await pb.locator('#composer').isVisible()), 'no composer for a sender without a name');
+
+  // Bob adds alice as a contact (comparing her fingerprint), from the Contacts
+  // view; back in Chats, the conversation has her name and opens fully.
+  await pb.getByRole('button', { name: 'Contacts' }).click();
+  await pb.fill('#add-name', 'alice');
+  await pb.press('#add-name', 'Enter');
+  await pb.locator('#add-result', { hasText: sa.fingerprint }).waitFor();
+  await pb.locator('#contacts li', { hasText: 'alice' }).waitFor();
+  check((await pa.locator('#messages li.msg.out', { hasText: text }).getAttribute('data-state')) === 'delivered',
+    'still delivered, not read, while bob has not opened the named conversation');
+  await pb.getByRole('button', { name: 'Chats' }).click();
   const conv = pb.locator('#convs button.conv[data-peer="alice"]');
   await conv.locator('.badge', { hasText: '1' }).waitFor();
   await conv.click();

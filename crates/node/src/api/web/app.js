@@ -435,7 +435,8 @@
     state.view = v;
     for (const b of document.querySelectorAll('.tab')) b.setAttribute('aria-pressed', String(b.dataset.view === v));
     for (const name of ['chats', 'contacts', 'network']) $('view-' + name).hidden = name !== v;
-    const load = v === 'contacts' ? refreshContacts : v === 'network' ? refreshNetwork : null;
+    // Chats: names may have changed (a sender added as a contact gets one).
+    const load = v === 'contacts' ? refreshContacts : v === 'network' ? refreshNetwork : refreshConvs;
     if (load) load().catch((e) => banner('Cannot load the ' + v + ': ' + e.message));
   }
 

@@ -150,6 +150,45 @@ fn split(stream: TcpStream, noise: snow::TransportState, peer: [u8; 32]) -> Sess
     }
 }
 
+/// The responder's reading of the initiator's first handshake message (`msg`,
+/// without its length prefix): the payload must be an ed25519 identity key whose
+/// X25519 form is the static key the handshake proved. Returns the handshake, ready
+/// to answer, and that identity key.
+pub fn read_hello(
+    keys: &SessionKeys,
+    msg: &[u8],
+) -> Result<(snow::HandshakeState, [u8; 32]), SessionError> {
+    let mut hs = builder(keys)?.build_responder()?;
+    let mut payload = vec![0u8; MAX_NOISE];
+    let n = hs.read_message(msg, &mut payload)?;
+    let peer: [u8; 32] = payload
+        .get(..n)
+        .and_then(|p| <[u8; 32]>::try_from(p).ok())
+        .ok_or(SessionError::WrongIdentity)?;
+    let remote_static = hs.get_remote_static().ok_or(SessionError::WrongIdentity)?;
+    if x25519_of(&peer)? != remote_static {
+        return Err(SessionError::WrongIdentity);
+    }
+    Ok((hs, peer))
+}
+
+/// Splits one frame off the front of `bytes`: a 2-byte big-endian length and that
+/// many bytes. Returns the frame's message and the rest, or `None` if `bytes` does
+/// not hold a whole frame yet.
+pub fn split_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Decrypts one transport message (a frame without its length prefix).
+pub fn open_frame(noise: &mut snow::TransportState, msg: &[u8]) -> Result<Vec<u8>, SessionError> {
+    let mut out = vec![0u8; msg.len()];
+    let n = noise.read_message(msg, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Opens a session to the user with identity key `peer` at `stream`'s other end.
 pub async fn connect(
     mut stream: TcpStream,
@@ -181,19 +220,9 @@ pub async fn connect(
 /// Accepts a session on an incoming connection; the peer's identity comes back in [`Session::peer`].
 pub async fn accept(mut stream: TcpStream, keys: &SessionKeys) -> Result<Session, SessionError> {
     let fut = async {
-        let mut hs = builder(keys)?.build_responder()?;
         let mut msg = Vec::new();
         read_raw(&mut stream, &mut msg).await?;
-        let mut payload = vec![0u8; MAX_NOISE];
-        let n = hs.read_message(&msg, &mut payload)?;
-        let peer: [u8; 32] = payload
-            .get(..n)
-            .and_then(|p| <[u8; 32]>::try_from(p).ok())
-            .ok_or(SessionError::WrongIdentity)?;
-        let remote_static = hs.get_remote_static().ok_or(SessionError::WrongIdentity)?;
-        if x25519_of(&peer)? != remote_static {
-            return Err(SessionError::WrongIdentity);
-        }
+        let (mut hs, peer) = read_hello(keys, &msg)?;
         let mut buf = vec![0u8; MAX_NOISE];
         let n = hs.write_message(&[], &mut buf)?;
         write_raw(&mut stream, &buf[..n]).await?;
@@ -226,13 +255,8 @@ impl SessionReader {
     /// Receives and decrypts one frame.
     pub async fn recv(&mut self) -> Result<Vec<u8>, SessionError> {
         read_raw(&mut self.stream, &mut self.buf).await?;
-        let mut out = vec![0u8; self.buf.len()];
-        let n = {
-            let mut noise = self.noise.lock().map_err(|_| SessionError::WrongIdentity)?;
-            noise.read_message(&self.buf, &mut out)?
-        };
-        out.truncate(n);
-        Ok(out)
+        let mut noise = self.noise.lock().map_err(|_| SessionError::WrongIdentity)?;
+        open_frame(&mut noise, &self.buf)
     }
 }
 
@@ -247,6 +271,22 @@ mod tests {
         SessionKeys {
             x25519_secret: sk.to_scalar_bytes(),
             identity: sk.verifying_key().to_bytes(),
+        }
+    }
+
+    #[test]
+    fn frames_split_and_garbage_hellos_are_refused() {
+        assert_eq!(split_frame(&[]), None);
+        assert_eq!(split_frame(&[0]), None);
+        assert_eq!(split_frame(&[0, 3, 1, 2]), None);
+        let empty: &[u8] = &[];
+        assert_eq!(split_frame(&[0, 0]), Some((empty, empty)));
+        assert_eq!(
+            split_frame(&[0, 2, 1, 2, 9]),
+            Some((&[1u8, 2][..], &[9u8][..]))
+        );
+        for len in [0, 1, 32, 95, 96, 128, 200] {
+            assert!(read_hello(&keys(2), &vec![0x42; len]).is_err());
         }
     }
 

@@ -44,6 +44,9 @@ use crate::datadir::{ApiInfo, DataDirError, make_token};
 
 pub use client::{ApiClient, ApiClientError, ApiEvent, EventStream};
 pub use network::{BucketView, LookupView, NetworkView, PeerView};
+/// The request bodies, for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub use routes::{AddContactRequest, LimitQuery, SendRequest};
 
 /// Largest request body accepted (bigger: 413).
 pub const MAX_BODY: usize = 16 * 1024;

@@ -259,8 +259,9 @@ fn check(
 
 // ----- handlers ----------------------------------------------------------------
 
+/// The `?limit=N` query of the list endpoints.
 #[derive(Deserialize)]
-pub(super) struct LimitQuery {
+pub struct LimitQuery {
     limit: Option<usize>,
 }
 
@@ -276,8 +277,9 @@ fn limit_of(q: Result<Query<LimitQuery>, QueryRejection>) -> Result<usize, ApiFa
     }
 }
 
+/// The body of `POST /api/messages`.
 #[derive(Deserialize, Serialize)]
-pub(super) struct SendRequest {
+pub struct SendRequest {
     to: String,
     text: String,
 }
@@ -287,8 +289,9 @@ pub(super) struct SendResponse {
     id: String,
 }
 
+/// The body of `POST /api/contacts`.
 #[derive(Deserialize, Serialize)]
-pub(super) struct AddContactRequest {
+pub struct AddContactRequest {
     name: String,
 }
 

@@ -9,6 +9,8 @@ mod link;
 mod relay;
 pub mod views;
 mod wire;
+#[doc(hidden)]
+pub mod fuzz;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

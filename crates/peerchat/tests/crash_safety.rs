@@ -509,14 +509,14 @@ fn receiver_killed_repeatedly() {
     );
 }
 
-/// The sender is killed with SIGKILL twice while it queues and delivers
+/// The sender is killed with SIGKILL three times while it queues and delivers
 /// 1,500 messages: after each restart its history still holds every message
 /// it gave an id for, and its outbox resumes: all arrive exactly once.
 #[test]
 fn sender_killed_mid_stream() {
     const NET: u8 = 92;
     const TOTAL: usize = 1500;
-    const KILLS: usize = 2;
+    const KILLS: usize = 3;
     let mut rng = StdRng::seed_from_u64(seed() ^ 0x5e4d);
     let rt = runtime();
     let tmp = TempDir::new().unwrap();

@@ -34,6 +34,9 @@ pub(crate) enum Request {
     Conversations,
     /// `GET /api/history/{name}`.
     History(String),
+    /// A sender known only by key (not a contact, so no name): the received
+    /// messages from `key` in `GET /api/inbox`, shown as conversation `name`.
+    FromKey { name: String, key: String },
     /// `POST /api/read/{name}`.
     MarkRead(String),
     /// `POST /api/messages`.
@@ -64,10 +67,12 @@ pub(crate) enum Reply {
     /// `Init` finished.
     Inited(Result<String, String>),
     /// The node in this process started (or failed to). `returning`: started
-    /// without a bootstrap address, from saved contacts. `hint`: a line to show.
+    /// without a bootstrap address, from saved contacts; `ask`: why to ask for a
+    /// bootstrap address (no saved contact answered); `hint`: a line to show.
     Started {
         result: Result<(), String>,
         returning: bool,
+        ask: Option<String>,
         hint: Option<String>,
     },
     Status(Result<StatusView, String>),
@@ -235,8 +240,8 @@ pub(crate) struct App {
     history_pos: Option<usize>,
     /// A status request is on its way.
     status_pending: bool,
-    /// Whether to ask for a bootstrap address if the first status shows no peers.
-    ask_rejoin: bool,
+    /// Why the bootstrap address is asked again (a returning user).
+    pub(crate) rejoin_reason: String,
     /// Whether the node runs in this process (else: attached to another process's node).
     pub(crate) embedded: bool,
     pub(crate) quit: bool,
@@ -267,7 +272,7 @@ impl App {
             history: Vec::new(),
             history_pos: None,
             status_pending: false,
-            ask_rejoin: false,
+            rejoin_reason: String::new(),
             embedded: false,
             quit: false,
         }
@@ -414,8 +419,10 @@ impl App {
             return Vec::new();
         }
         if self.popup.is_some() {
+            // Any key closes the box; only Esc is used up by it (a box that
+            // opens while one types must not eat an Enter or a letter).
             self.popup = None;
-            if matches!(key.code, KeyCode::Esc | KeyCode::Enter) {
+            if key.code == KeyCode::Esc {
                 return Vec::new();
             }
         }
@@ -536,13 +543,38 @@ impl App {
         self.open_conversation(&name)
     }
 
+    /// The key of a conversation whose peer has no name here (the node names
+    /// it by the start of the key until the user adds the contact).
+    pub(crate) fn unnamed_key(&self, name: &str) -> Option<String> {
+        self.conversations
+            .iter()
+            .find(|c| c.peer == name && c.peer != c.peer_key && c.peer_key.starts_with(&c.peer))
+            .map(|c| c.peer_key.clone())
+    }
+
+    fn history_request(&self, name: &str) -> Request {
+        match self.unnamed_key(name) {
+            Some(key) => Request::FromKey {
+                name: name.to_string(),
+                key,
+            },
+            None => Request::History(name.to_string()),
+        }
+    }
+
     fn open_conversation(&mut self, name: &str) -> Vec<Request> {
         if self.open.as_deref() != Some(name) {
             self.messages.clear();
             self.scroll = 0;
         }
         self.open = Some(name.to_string());
-        let mut reqs = vec![Request::History(name.to_string())];
+        let mut reqs = vec![self.history_request(name)];
+        if self.unnamed_key(name).is_some() {
+            self.info(
+                "a sender who is not a contact (shown by key): ask their name, then /add NAME to answer",
+            );
+            return reqs;
+        }
         if self
             .conversations
             .iter()
@@ -567,6 +599,12 @@ impl App {
             self.error("no conversation open: type /chat NAME first (your text stays here)");
             return Vec::new();
         };
+        if self.unnamed_key(&to).is_some() {
+            self.error(
+                "this sender has no name here yet: /add NAME first, then /chat NAME (your text stays here)",
+            );
+            return Vec::new();
+        }
         let bytes = line.len();
         if bytes > MAX_TEXT_BYTES {
             self.error(format!(
@@ -689,13 +727,19 @@ impl App {
             }
             Reply::Started {
                 result: Ok(()),
-                returning,
+                ask,
                 hint,
+                ..
             } => {
                 self.embedded = true;
                 self.input.take();
-                self.screen = Screen::Chat;
-                self.ask_rejoin = returning;
+                self.screen = match ask {
+                    Some(reason) => {
+                        self.rejoin_reason = reason;
+                        Screen::Setup(SetupStep::Rejoin)
+                    }
+                    None => Screen::Chat,
+                };
                 self.status_pending = true;
                 if let Some(h) = hint {
                     self.info(h);
@@ -723,9 +767,6 @@ impl App {
                 if self.status_error.take().is_some() {
                     self.info("the node answers again");
                 }
-                if std::mem::take(&mut self.ask_rejoin) && s.routing_table == 0 {
-                    self.screen = Screen::Setup(SetupStep::Rejoin);
-                }
                 self.status = Some(s);
             }
             Reply::Status(Err(e)) => {
@@ -752,7 +793,7 @@ impl App {
                 }
                 let mut reqs = vec![Request::Conversations];
                 if self.open.as_deref() == Some(to.as_str()) {
-                    reqs.push(Request::History(to));
+                    reqs.push(self.history_request(&to));
                 }
                 return reqs;
             }
@@ -766,6 +807,15 @@ impl App {
             }
             Reply::Added { result: Ok(c), .. } => {
                 self.notice = None;
+                // The list now names them; an open conversation shown by their key becomes theirs.
+                let mut reqs = vec![Request::Conversations];
+                if let Some(o) = self.open.clone()
+                    && self.unnamed_key(&o).as_deref() == Some(c.key.as_str())
+                {
+                    self.open = Some(c.name.clone());
+                    reqs.push(Request::History(c.name.clone()));
+                    reqs.push(Request::MarkRead(c.name.clone()));
+                }
                 self.popup = Some(Popup {
                     title: format!("added {}", c.name),
                     lines: vec![
@@ -779,6 +829,7 @@ impl App {
                         format!("/chat {} to write to them. Any key closes this.", c.name),
                     ],
                 });
+                return reqs;
             }
             Reply::Added {
                 typed,
@@ -861,14 +912,14 @@ impl App {
                 self.live = true;
                 let mut reqs = vec![Request::Conversations];
                 if let Some(o) = &self.open {
-                    reqs.push(Request::History(o.clone()));
+                    reqs.push(self.history_request(o));
                 }
                 reqs
             }
             ApiEvent::Chat(ChatEvent::Message(m)) => {
                 let mut reqs = vec![Request::Conversations];
                 if self.open.as_deref() == Some(m.peer.as_str()) {
-                    if m.direction == "in" {
+                    if m.direction == "in" && self.unnamed_key(&m.peer).is_none() {
                         reqs.push(Request::MarkRead(m.peer.clone()));
                     }
                     if let Some(old) = self.messages.iter_mut().find(|x| x.id == m.id) {

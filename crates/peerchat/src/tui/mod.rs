@@ -111,6 +111,7 @@ enum NodeMsg {
     Started {
         result: Result<(ChatNode, ApiServer), String>,
         returning: bool,
+        ask: Option<String>,
         hint: Option<String>,
     },
 }
@@ -232,6 +233,7 @@ impl Controller {
             NodeMsg::Started {
                 result,
                 returning,
+                ask,
                 hint,
             } => {
                 let result = result.map(|(node, server)| {
@@ -242,6 +244,7 @@ impl Controller {
                 app.on_reply(Reply::Started {
                     result,
                     returning,
+                    ask,
                     hint,
                 })
             }
@@ -294,13 +297,20 @@ impl Controller {
                 let _ = server.shutdown().await;
                 node.shutdown().await;
             }
-            let (result, hint) = match start_node(dir, listen, api_addr, bootstrap).await {
-                Ok((node, server, hint)) => (Ok((node, server)), hint),
-                Err(e) => (Err(e), None),
+            let (result, hint, saved) = match start_node(dir, listen, api_addr, bootstrap).await {
+                Ok(s) => (Ok((s.node, s.server)), s.hint, s.saved_answered),
+                Err(e) => (Err(e), None, None),
+            };
+            // A returning user is asked for a bootstrap address only if no saved contact answered.
+            let ask = match (returning, saved) {
+                (false, _) | (true, Some(true)) => None,
+                (true, Some(false)) => Some("None of your saved contacts answered.".to_string()),
+                (true, None) => Some("No contacts were saved by an earlier run.".to_string()),
             };
             let _ = tx.send(NodeMsg::Started {
                 result,
                 returning,
+                ask,
                 hint,
             });
         });
@@ -362,7 +372,7 @@ fn not_connected(req: Request) -> Reply {
     match req {
         Request::Status => Reply::Status(Err(e)),
         Request::Conversations | Request::MarkRead(_) => Reply::Conversations(Err(e)),
-        Request::History(n) => Reply::History(n, Err(e)),
+        Request::History(n) | Request::FromKey { name: n, .. } => Reply::History(n, Err(e)),
         Request::Send { to, text } => Reply::Sent {
             to,
             text,
@@ -391,6 +401,18 @@ async fn call(c: ApiClient, req: Request) -> Reply {
             let r = c.history(&name, Some(app::HISTORY_LIMIT)).await.map_err(s);
             Reply::History(name, r)
         }
+        Request::FromKey { name, key } => {
+            let r = c
+                .inbox(Some(app::HISTORY_LIMIT))
+                .await
+                .map_err(s)
+                .map(|msgs| {
+                    let mut mine: Vec<_> = msgs.into_iter().filter(|m| m.peer_key == key).collect();
+                    mine.reverse();
+                    mine
+                });
+            Reply::History(name, r)
+        }
         Request::MarkRead(name) => match c.mark_read(&name).await {
             Ok(_) => Reply::Conversations(c.conversations().await.map_err(s)),
             Err(e) => Reply::Conversations(Err(e.to_string())),
@@ -412,13 +434,24 @@ async fn call(c: ApiClient, req: Request) -> Reply {
     }
 }
 
-/// Starts the node and its local API, as `peerchat run` does; returns a line to show.
+/// A node started by [`start_node`].
+struct Started {
+    node: ChatNode,
+    server: ApiServer,
+    /// A line to show.
+    hint: Option<String>,
+    /// Started without a bootstrap address: whether a saved contact answered
+    /// the join (`None`: there were none to ask).
+    saved_answered: Option<bool>,
+}
+
+/// Starts the node and its local API, as `peerchat run` does.
 async fn start_node(
     dir: PathBuf,
     listen: SocketAddr,
     api_addr: SocketAddr,
     bootstrap: Option<String>,
-) -> Result<(ChatNode, ApiServer, Option<String>), String> {
+) -> Result<Started, String> {
     let addrs = match &bootstrap {
         Some(b) => crate::dht_cmd::resolve(std::slice::from_ref(b))
             .await
@@ -435,12 +468,20 @@ async fn start_node(
             return Err(e.to_string());
         }
     };
-    let peers = ApiClient::new(server.addr(), server.token())
-        .with_timeout(STATUS_TIMEOUT)
-        .status()
-        .await
-        .map(|s| s.routing_table)
-        .unwrap_or(0);
+    let client = ApiClient::new(server.addr(), server.token()).with_timeout(STATUS_TIMEOUT);
+    let peers = client.status().await.map(|s| s.routing_table).unwrap_or(0);
+    // The join from saved contacts is the node's "bootstrap" lookup, in the
+    // network view's recent lookups; none if there were no saved contacts.
+    let saved_answered = match (&bootstrap, client.network().await) {
+        (Some(_), _) => None,
+        (None, Ok(n)) => n
+            .lookups
+            .iter()
+            .filter(|l| l.kind == "bootstrap")
+            .map(|l| l.found > 0)
+            .reduce(|a, b| a || b),
+        (None, Err(_)) => Some(peers > 0),
+    };
     let at = node.listen_addr();
     let ip = if at.ip().is_unspecified() {
         "THIS_MACHINE_IP".to_string()
@@ -455,8 +496,14 @@ async fn start_node(
         (Some(b), 0) => Some(format!(
             "nobody answered at {b} yet; retrying in the background"
         )),
+        (Some(b), 1) => Some(format!("joined through {b}: 1 peer")),
         (Some(b), n) => Some(format!("joined through {b}: {n} peers")),
         (None, _) => None,
     };
-    Ok((node, server, hint))
+    Ok(Started {
+        node,
+        server,
+        hint,
+        saved_answered,
+    })
 }

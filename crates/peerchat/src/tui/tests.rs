@@ -324,6 +324,7 @@ fn first_run_asks_name_then_new_or_join() {
     let reqs = app.on_reply(Reply::Started {
         result: Ok(()),
         returning: false,
+        ask: None,
         hint: Some("joined".into()),
     });
     assert_eq!(app.screen, Screen::Chat);
@@ -336,16 +337,29 @@ fn returning_user_without_peers_is_asked_for_an_address() {
     app.on_reply(Reply::Started {
         result: Ok(()),
         returning: true,
+        ask: Some("None of your saved contacts answered.".into()),
         hint: None,
     });
-    app.on_reply(Reply::Status(Ok(StatusView {
-        routing_table: 0,
-        online: false,
-        ..status()
-    })));
     assert_eq!(app.screen, Screen::Setup(SetupStep::Rejoin));
-    assert!(screen_text(&render(&app, COLOR, 80, 24)).contains("saved contacts answered"));
-    // Esc: go on alone.
+    let text = screen_text(&render(&app, COLOR, 80, 24));
+    assert!(
+        text.contains("None of your saved contacts answered."),
+        "{text}"
+    );
+    type_text(&mut app, "192.0.2.7:7420");
+    assert_eq!(
+        app.on_key(key(KeyCode::Enter)),
+        vec![Request::Rejoin {
+            bootstrap: "192.0.2.7:7420".into()
+        }]
+    );
+    // Or Esc: go on alone.
+    app.on_reply(Reply::Started {
+        result: Ok(()),
+        returning: true,
+        ask: Some("No contacts were saved by an earlier run.".into()),
+        hint: None,
+    });
     app.on_key(key(KeyCode::Esc));
     assert_eq!(app.screen, Screen::Chat);
 
@@ -354,9 +368,9 @@ fn returning_user_without_peers_is_asked_for_an_address() {
     app.on_reply(Reply::Started {
         result: Ok(()),
         returning: true,
+        ask: None,
         hint: None,
     });
-    app.on_reply(Reply::Status(Ok(status())));
     assert_eq!(app.screen, Screen::Chat);
 }
 
@@ -550,4 +564,73 @@ fn peer_text_cannot_drive_the_terminal() {
     let text = screen_text(&render(&app, COLOR, 80, 24));
     assert!(text.contains("evil\\u{1b}[2Jtext"), "{text}");
     assert!(!text.contains('\x1b'));
+}
+
+#[test]
+fn a_box_that_opens_while_typing_eats_no_keys() {
+    let mut app = chat_app();
+    type_text(&mut app, "hel");
+    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    assert!(app.popup.is_some());
+    type_text(&mut app, "lo");
+    assert!(app.popup.is_none());
+    assert_eq!(app.input.text, "hello");
+    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    assert_eq!(
+        app.on_key(key(KeyCode::Enter)),
+        vec![Request::Send {
+            to: "carol".into(),
+            text: "hello".into()
+        }]
+    );
+    // Esc only closes it.
+    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    type_text(&mut app, "x");
+    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    app.on_key(key(KeyCode::Esc));
+    assert!(app.popup.is_none());
+    assert_eq!(app.input.text, "x");
+}
+
+#[test]
+fn a_sender_known_only_by_key() {
+    let key = "4fe6af882f3caec0".repeat(4);
+    let mut app = chat_app();
+    app.open = None;
+    app.conversations = vec![ConversationView {
+        peer: key[..16].to_string(),
+        peer_key: key.clone(),
+        last: msg("aa", &key[..16], false, "hi, it's bob", "delivered", T),
+        unread: 1,
+    }];
+    // Opening it reads the inbox for that key (the API has no history by key).
+    let reqs = app.on_key(key_ev(KeyCode::Tab));
+    assert_eq!(
+        reqs,
+        vec![Request::FromKey {
+            name: key[..16].to_string(),
+            key: key.clone()
+        }]
+    );
+    // No name: answering needs /add NAME first; the text stays.
+    type_text(&mut app, "hello?");
+    assert!(app.on_key(key_ev(KeyCode::Enter)).is_empty());
+    assert_eq!(app.input.text, "hello?");
+    assert!(matches!(&app.notice, Some((Level::Error, e)) if e.contains("/add NAME")));
+    // Adding them names the open conversation.
+    let reqs = app.on_reply(Reply::Added {
+        typed: "/add bob".into(),
+        result: Ok(peerchat_node::chat::ContactView {
+            name: "bob".into(),
+            key: key.clone(),
+            fingerprint: "1111 2222 3333 4444 5555 6666 7777 8888".into(),
+        }),
+    });
+    assert_eq!(app.open.as_deref(), Some("bob"));
+    assert!(reqs.contains(&Request::History("bob".into())));
+    assert!(reqs.contains(&Request::Conversations));
+}
+
+fn key_ev(c: KeyCode) -> KeyEvent {
+    key(c)
 }

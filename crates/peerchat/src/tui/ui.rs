@@ -326,7 +326,7 @@ fn draw_setup(f: &mut Frame, app: &App, t: &Theme, area: Rect, step: SetupStep) 
         }
         SetupStep::Address | SetupStep::Rejoin => {
             if step == SetupStep::Rejoin {
-                lines.push(Line::raw("None of your saved contacts answered."));
+                lines.push(Line::raw(app.rejoin_reason.clone()));
                 lines.push(Line::raw(
                     "Join: bootstrap address (IP:PORT of a running peerchat),",
                 ));

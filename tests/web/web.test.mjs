@@ -137,7 +137,7 @@ async function main() {
   check((await pa.inputValue('#text')) === long, 'the over-long text stays in the box');
 
   // The message: typed and sent with Enter in alice's page...
-  const text = 'hello bob, from a browser ' + Date.now();
+  const text = 'Hi Bob! Alice here, writing from the web app.';
   await pa.fill('#text', text);
   await pa.press('#text', 'Enter');
   const mine = pa.locator('#messages li.msg.out', { hasText: text });

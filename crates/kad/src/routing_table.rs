@@ -64,6 +64,52 @@ pub enum Insert {
     Ignored,
 }
 
+/// A filter of the addresses in the table (contacts and replacement
+/// candidates): one bit per hashed address, never a false negative.
+///
+/// Every message from a node we do not know yet asks whether its address is
+/// already taken by another id, and scanning the whole table for that was the
+/// routing table's main cost. With ~150 addresses in 1,024 bits, most such
+/// questions end here. Removed addresses leave their bits set (false positives
+/// only cost a scan) until enough have gone that the filter is rebuilt.
+#[derive(Clone, Debug, Default)]
+struct AddrFilter {
+    bits: [u64; 16],
+    /// Addresses removed since the last rebuild.
+    stale: u16,
+}
+
+impl AddrFilter {
+    /// Removals after which the filter is rebuilt from the table.
+    const MAX_STALE: u16 = 64;
+
+    fn slot(addr: &SocketAddr) -> usize {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
+            std::net::IpAddr::V6(ip) => {
+                let x = u128::from(ip);
+                (x as u64) ^ ((x >> 64) as u64)
+            }
+        };
+        let h = (ip.rotate_left(16) ^ u64::from(addr.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 54) as usize
+    }
+
+    fn insert(&mut self, addr: &SocketAddr) {
+        let s = Self::slot(addr);
+        self.bits[s / 64] |= 1 << (s % 64);
+    }
+
+    fn may_contain(&self, addr: &SocketAddr) -> bool {
+        let s = Self::slot(addr);
+        self.bits[s / 64] & (1 << (s % 64)) != 0
+    }
+
+    fn removed(&mut self) {
+        self.stale = self.stale.saturating_add(1);
+    }
+}
+
 /// The routing table.
 ///
 /// Buckets are stored from the farthest (index 159) inwards and allocated only
@@ -76,6 +122,7 @@ pub struct RoutingTable {
     /// `buckets[p]` is bucket index `159 - p`.
     buckets: Vec<Bucket>,
     len: usize,
+    addrs: AddrFilter,
 }
 
 impl RoutingTable {
@@ -86,6 +133,7 @@ impl RoutingTable {
             k: k.max(1),
             buckets: Vec::new(),
             len: 0,
+            addrs: AddrFilter::default(),
         }
     }
 
@@ -156,8 +204,12 @@ impl RoutingTable {
         let Some(b) = self.bucket_for_insert(&node.id) else {
             return Insert::Ignored;
         };
+        if self.addrs.stale >= AddrFilter::MAX_STALE {
+            self.rebuild_addr_filter();
+        }
         let taken = |n: &NodeInfo| n.addr == node.addr && n.id != node.id;
-        if !self.buckets[b].entries.iter().any(|e| e.node.id == node.id)
+        if self.addrs.may_contain(&node.addr)
+            && !self.buckets[b].entries.iter().any(|e| e.node.id == node.id)
             && self.buckets.iter().any(|bucket| {
                 bucket.entries.iter().any(|e| taken(&e.node))
                     || bucket.replacements.iter().any(taken)
@@ -166,6 +218,7 @@ impl RoutingTable {
             return Insert::Ignored;
         }
         let k = self.k;
+        self.addrs.insert(&node.addr);
         let bucket = &mut self.buckets[b];
         if let Some(pos) = bucket.entries.iter().position(|e| e.node.id == node.id) {
             if bucket.entries[pos].node.addr != node.addr {
@@ -175,6 +228,7 @@ impl RoutingTable {
                     return Insert::Ignored;
                 }
                 bucket.entries[pos].node.addr = node.addr;
+                self.addrs.removed();
             }
             let mut e = bucket.entries.remove(pos);
             e.last_seen = now;
@@ -206,6 +260,7 @@ impl RoutingTable {
         // Full: a contact that already failed makes room at once.
         if let Some(pos) = bucket.entries.iter().position(|e| e.failures > 0) {
             bucket.entries.remove(pos);
+            self.addrs.removed();
             bucket.entries.push(Entry {
                 node,
                 last_seen: now,
@@ -219,6 +274,7 @@ impl RoutingTable {
         bucket.replacements.retain(|r| r.id != node.id);
         if bucket.replacements.len() >= k.min(MAX_REPLACEMENTS) {
             bucket.replacements.pop_front();
+            self.addrs.removed();
         }
         bucket.replacements.push_back(node);
         let oldest = &mut bucket.entries[0];
@@ -240,6 +296,7 @@ impl RoutingTable {
         let bucket = &mut self.buckets[b];
         let Some(pos) = bucket.entries.iter().position(|e| e.node.id == *id) else {
             bucket.replacements.retain(|r| r.id != *id);
+            self.addrs.removed();
             return false;
         };
         let e = &mut bucket.entries[pos];
@@ -247,6 +304,7 @@ impl RoutingTable {
         e.pinging = false;
         if let Some(repl) = bucket.replacements.pop_back() {
             bucket.entries.remove(pos);
+            self.addrs.removed();
             bucket.entries.push(Entry {
                 node: repl,
                 // Not heard from directly yet: first in line to be checked.
@@ -259,10 +317,20 @@ impl RoutingTable {
         }
         if e.failures >= MAX_FAILURES {
             bucket.entries.remove(pos);
+            self.addrs.removed();
             self.len -= 1;
             return true;
         }
         false
+    }
+
+    fn rebuild_addr_filter(&mut self) {
+        let mut f = AddrFilter::default();
+        for b in &self.buckets {
+            b.entries.iter().for_each(|e| f.insert(&e.node.addr));
+            b.replacements.iter().for_each(|r| f.insert(&r.addr));
+        }
+        self.addrs = f;
     }
 
     /// Removes a contact.
@@ -273,6 +341,7 @@ impl RoutingTable {
         let bucket = &mut self.buckets[b];
         if let Some(pos) = bucket.entries.iter().position(|e| e.node.id == *id) {
             bucket.entries.remove(pos);
+            self.addrs.removed();
             self.len -= 1;
             true
         } else {
@@ -365,6 +434,55 @@ mod tests {
         NodeInfo {
             id,
             addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+        }
+    }
+
+    #[test]
+    fn address_filter_never_forgets_a_present_address() {
+        // Churn a small table through many removals (so that the address
+        // filter is rebuilt several times); every address still in it, as a
+        // contact or a replacement candidate, must still block a new id.
+        let now = Instant::now();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        let mut t = RoutingTable::new(NodeId::random(&mut rng), 4);
+        for round in 0..2_000u32 {
+            let port = (round % 700) as u16 + 1;
+            let n = info(NodeId::random(&mut rng), port);
+            t.insert(n, now);
+            if round % 3 == 0 {
+                let victim = t
+                    .nodes()
+                    .nth(round as usize % t.len().max(1))
+                    .map(|e| e.node.id);
+                if let Some(id) = victim {
+                    t.on_failure(&id, now);
+                }
+            }
+        }
+        let present: Vec<SocketAddr> = t
+            .buckets()
+            .flat_map(|(_, b)| {
+                b.entries
+                    .iter()
+                    .map(|e| e.node.addr)
+                    .chain(b.replacements.iter().map(|r| r.addr))
+            })
+            .collect();
+        assert!(
+            present.len() > 10,
+            "the table kept {} addresses",
+            present.len()
+        );
+        for addr in present {
+            let intruder = NodeInfo {
+                id: NodeId::random(&mut rng),
+                addr,
+            };
+            assert_eq!(
+                t.insert(intruder, now),
+                Insert::Ignored,
+                "{addr} was forgotten"
+            );
         }
     }
 

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod network;
@@ -31,7 +32,8 @@ pub mod report;
 pub mod scenario;
 pub mod trace;
 
-pub use config::{ChurnModel, LatencyModel, Return, SessionDistribution, SimConfig};
+pub use chat::ChatReport;
+pub use config::{ChatConfig, ChurnModel, LatencyModel, Return, SessionDistribution, SimConfig};
 pub use engine::{NetCounters, Output, Sim, SimNode, Status};
 pub use network::Network;
 pub use report::{ChurnCounts, Formation, NetReport, OpReport, SimReport};

@@ -117,6 +117,13 @@ pub struct SimReport {
     pub lookups_empty: usize,
     /// BEP 44 immutable gets.
     pub gets: OpReport,
+    /// Presence resolutions (chat layer): a BEP 44 mutable get of a random
+    /// online user's presence succeeds when it returns the item of the user's
+    /// current session (signed by its key, `seq` at least that of its login
+    /// publish). Empty without a chat workload.
+    pub resolves: OpReport,
+    /// The chat layer's figures (offline delivery), if it ran.
+    pub chat: Option<crate::chat::ChatReport>,
     /// BEP 44 immutable puts.
     pub puts: OpReport,
     /// Mean number of nodes that accepted each put.
@@ -225,11 +232,15 @@ impl fmt::Display for SimReport {
             "latency p99",
             "rpcs/op"
         )?;
-        for (name, r) in [
+        let mut ops = vec![
             ("find_node", &self.lookups),
             ("put", &self.puts),
             ("get", &self.gets),
-        ] {
+        ];
+        if self.resolves.attempted > 0 {
+            ops.push(("presence", &self.resolves));
+        }
+        for (name, r) in ops {
             let failed = r.attempted - r.abandoned - r.succeeded;
             writeln!(
                 f,
@@ -264,6 +275,37 @@ impl fmt::Display for SimReport {
             self.rpcs_per_node_lookup_phase,
             methods.join(", ")
         )?;
+        if let Some(c) = &self.chat {
+            writeln!(
+                f,
+                "  offline     {:.2}% delivered of {} messages whose recipient came back within the ttl ({} of {} written, {} never stored, {} recipients not back; {} delivered in all)",
+                c.offline_delivery_rate * 100.0,
+                c.eligible,
+                c.eligible_delivered,
+                c.messages,
+                c.never_stored,
+                c.recipient_not_back,
+                c.delivered
+            )?;
+            writeln!(
+                f,
+                "  relays      {:.1} copies per message; {} stored, {} handed over, {} cleared by acks, {} expired; left: {} of delivered, {} of undelivered; delivery after login p50 {:.1} s, p99 {:.1} s",
+                c.copies_mean,
+                c.copies_stored,
+                c.copies_handed_over,
+                c.copies_acked,
+                c.copies_expired,
+                c.copies_left_delivered,
+                c.copies_left_undelivered,
+                c.delivery_after_login_s_p50,
+                c.delivery_after_login_s_p99
+            )?;
+            writeln!(
+                f,
+                "  users       {}; presence puts {} ({} stored); {} relay refusals; {} duplicate copies dropped",
+                c.users, c.presence_puts, c.presence_puts_ok, c.relay_refusals, c.duplicate_copies
+            )?;
+        }
         let c = &self.churn_events;
         if c.left + c.rejoined + c.replaced > 0 {
             writeln!(

@@ -12,6 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::chat::{self, ChatLayer};
 use crate::config::{ChurnModel, Return, SessionDistribution, SimConfig};
 use crate::engine::{Output, Sim, Status};
 use crate::network::Network;
@@ -65,7 +66,7 @@ pub struct Progress {
 
 /// Scheduled actions of the scenario.
 #[derive(Debug)]
-enum Action {
+pub(crate) enum Action {
     /// Initial node `i` joins.
     Join(usize),
     /// Operation `j` starts.
@@ -76,6 +77,8 @@ enum Action {
     Return(usize),
     /// A fresh node joins in place of a departed one.
     Spawn,
+    /// A timer of the chat layer.
+    Chat(chat::Timer),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +86,8 @@ enum OpKind {
     Find,
     Put,
     Get,
+    /// A presence resolution (chat layer).
+    Resolve,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +113,8 @@ struct Op {
     empty: bool,
     stats: QueryStats,
     recall: f64,
+    /// `Resolve`: the lowest presence `seq` that counts.
+    min_seq: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -157,7 +164,11 @@ pub fn run(cfg: &SimConfig, mut progress: impl FnMut(&Progress)) -> SimReport {
         items: Vec::new(),
         churn: ChurnCounts::default(),
         phase: Phase::Joining,
+        chat: None,
     };
+    if let Some(c) = &cfg.chat {
+        r.chat = Some(ChatLayer::new(c, cfg.nodes, cfg.k, master.next_u64()));
+    }
     r.run(&mut progress, wall)
 }
 
@@ -195,6 +206,8 @@ struct Runner<'a> {
     items: Vec<StoredItem>,
     churn: ChurnCounts,
     phase: Phase,
+    /// The chat layer, if the config has a chat workload.
+    chat: Option<ChatLayer>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -216,6 +229,33 @@ fn sample(dist: SessionDistribution, mean: Duration, rng: &mut impl Rng) -> Dura
         SessionDistribution::Pareto { shape } => {
             let a = shape.max(1.01);
             mean * (a - 1.0) / a / u.powf(1.0 / a)
+        }
+        SessionDistribution::Weibull { .. } | SessionDistribution::LogNormal { .. } => {
+            return sample_median(dist, mean / dist.mean_over_median(), u, rng);
+        }
+    };
+    Duration::from_secs_f64(x.clamp(0.0, 1e9))
+}
+
+/// A length drawn from `dist` scaled to this median (in seconds); `u` is a
+/// uniform draw in (0, 1].
+fn sample_median(dist: SessionDistribution, median: f64, u: f64, rng: &mut impl Rng) -> Duration {
+    let ln2 = std::f64::consts::LN_2;
+    let x = match dist {
+        SessionDistribution::Exponential => -u.ln() * median / ln2,
+        SessionDistribution::Pareto { shape } => {
+            let a = shape.max(1.01);
+            median / 2f64.powf(1.0 / a) / u.powf(1.0 / a)
+        }
+        SessionDistribution::Weibull { shape } => {
+            let k = shape.max(0.05);
+            median / ln2.powf(1.0 / k) * (-u.ln()).powf(1.0 / k)
+        }
+        SessionDistribution::LogNormal { sigma } => {
+            // Box-Muller: a standard normal from two uniforms.
+            let v: f64 = rng.random();
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            median * (sigma * z).exp()
         }
     };
     Duration::from_secs_f64(x.clamp(0.0, 1e9))
@@ -248,7 +288,7 @@ impl Runner<'_> {
         self.phase = Phase::Storing;
         progress(&self.progress());
         let kinds = vec![OpKind::Put; if n > 0 { cfg.puts } else { 0 }];
-        let deadline = self.schedule_ops(&kinds);
+        let deadline = self.schedule_ops(&kinds, cfg.op_interval);
         self.run_until(deadline, progress, |r| r.all_ops_over());
 
         // 4. Lookups under churn.
@@ -263,9 +303,27 @@ impl Runner<'_> {
         };
         let mut kinds = vec![OpKind::Find; if n > 1 { cfg.lookups } else { 0 }];
         kinds.extend(std::iter::repeat_n(OpKind::Get, gets));
+        if let Some(c) = &cfg.chat {
+            kinds.extend(std::iter::repeat_n(OpKind::Resolve, c.resolves));
+        }
         kinds.shuffle(&mut self.work);
-        let deadline = self.schedule_ops(&kinds);
-        self.run_until(deadline, progress, |r| r.all_ops_over());
+        // Over a fixed duration the operations are spread evenly over it.
+        let interval = match cfg.duration {
+            Some(d) if !kinds.is_empty() => d.div_f64(kinds.len() as f64),
+            _ => cfg.op_interval,
+        };
+        let phase_end = self.sim.now()
+            + cfg
+                .duration
+                .unwrap_or_else(|| interval.mul_f64(kinds.len() as f64));
+        if let Some(chat) = self.chat.as_mut() {
+            chat.start(&mut self.sim, phase_end);
+        }
+        let deadline = self.schedule_ops(&kinds, interval);
+        if cfg.duration.is_some() {
+            self.run_until(phase_end, progress, |_| false);
+        }
+        self.run_until(deadline.max(phase_end), progress, |r| r.all_ops_over());
         self.phase = Phase::Done;
         progress(&self.progress());
 
@@ -289,13 +347,15 @@ impl Runner<'_> {
             k: cfg.k,
             alpha: cfg.alpha,
             loss: cfg.loss,
-            churn: cfg.churn,
+            churn: self.offline_fraction(),
             churn_model: cfg.churn_model.to_string(),
             formation,
             lookups: self.op_report(OpKind::Find),
             closest_k_recall: recall,
             lookups_empty: finds.iter().filter(|o| o.empty).count(),
             gets: self.op_report(OpKind::Get),
+            resolves: self.op_report(OpKind::Resolve),
+            chat: self.chat.as_ref().map(|c| c.report(self.sim.now())),
             puts: self.op_report(OpKind::Put),
             stored_per_put: mean(self.items.iter().map(|i| i.stored as f64)).unwrap_or(0.0),
             rpcs_per_node: rpcs_end as f64 / created,
@@ -397,9 +457,9 @@ impl Runner<'_> {
                 .is_none_or(|o| o.state != OpState::Scheduled)
     }
 
-    /// Schedules operations of these kinds from now, `op_interval` apart;
+    /// Schedules operations of these kinds from now, `interval` apart;
     /// returns the deadline of the last.
-    fn schedule_ops(&mut self, kinds: &[OpKind]) -> Duration {
+    fn schedule_ops(&mut self, kinds: &[OpKind], interval: Duration) -> Duration {
         let start = self.sim.now();
         let mut at = start;
         for &kind in kinds {
@@ -415,9 +475,10 @@ impl Runner<'_> {
                 empty: false,
                 stats: QueryStats::default(),
                 recall: 0.0,
+                min_seq: 0,
             });
             self.sim.schedule(at, Action::Op(j));
-            at += self.cfg.op_interval;
+            at += interval;
         }
         at + self.cfg.op_deadline
     }
@@ -429,6 +490,26 @@ impl Runner<'_> {
             Output::Timer(Action::Leave(i)) => self.leave(i),
             Output::Timer(Action::Return(i)) => self.come_back(i),
             Output::Timer(Action::Spawn) => self.spawn(),
+            Output::Timer(Action::Chat(t)) => {
+                if let Some(chat) = self.chat.as_mut() {
+                    chat.on_timer(&mut self.sim, t);
+                }
+            }
+            Output::Event {
+                node,
+                event:
+                    Event::Query {
+                        from,
+                        tid,
+                        method,
+                        args,
+                        ..
+                    },
+            } => {
+                if let Some(chat) = self.chat.as_mut() {
+                    chat.on_query(&mut self.sim, node, from, tid, &method, &args);
+                }
+            }
             Output::Event {
                 node,
                 event: Event::Bootstrapped { contacts },
@@ -445,6 +526,8 @@ impl Runner<'_> {
                     self.finish_op(j, outcome, stats);
                 } else if self.boot_queries.remove(&(node, id.0)) {
                     self.bootstrap_rpcs.push(stats.rpcs);
+                } else if let Some(chat) = self.chat.as_mut() {
+                    chat.on_done(&mut self.sim, node, id, outcome);
                 }
             }
             Output::Event { .. } => {}
@@ -527,7 +610,7 @@ impl Runner<'_> {
         let kind = self.ops[j].kind;
         let now = self.sim.now();
         let (origin, item) = match kind {
-            OpKind::Find | OpKind::Put => (self.random_live(None), 0),
+            OpKind::Find | OpKind::Put | OpKind::Resolve => (self.random_live(None), 0),
             OpKind::Get => {
                 let stored: Vec<usize> = (0..self.items.len())
                     .filter(|&i| self.items[i].stored > 0)
@@ -556,6 +639,22 @@ impl Runner<'_> {
                 let target = peerchat_kad::bep44::immutable_target(&self.items[item].value);
                 self.sim
                     .with_node(origin, |d, now| d.get_immutable(target, now))
+            }
+            OpKind::Resolve => {
+                let target = self
+                    .chat
+                    .as_ref()
+                    .and_then(|c| c.resolvable(&self.sim, origin, &mut self.work));
+                let Some((user, key, min_seq)) = target else {
+                    // No user online with a confirmed presence: nothing to resolve.
+                    op.state = OpState::Abandoned;
+                    return;
+                };
+                op.item = user;
+                op.min_seq = min_seq;
+                self.sim.with_node(origin, |d, now| {
+                    d.get_mutable(key, ChatLayer::presence_salt(), None, now)
+                })
             }
             OpKind::Put => {
                 let mut bytes = vec![0u8; 64];
@@ -597,6 +696,13 @@ impl Runner<'_> {
                 self.judge_find(origin, start, target, &nodes)
             }
             Outcome::Immutable(v) => (v.as_ref() == Some(&self.items[item].value), 0.0),
+            Outcome::Mutable(v) => {
+                let ok = self
+                    .chat
+                    .as_ref()
+                    .is_some_and(|c| c.judge_resolve(item, v.as_ref(), self.ops[j].min_seq));
+                (ok, 0.0)
+            }
             Outcome::Stored { stored, .. } => {
                 self.items[item].stored = stored;
                 (stored > 0, 0.0)
@@ -683,14 +789,84 @@ impl Runner<'_> {
 
     // ----- churn ------------------------------------------------------------
 
-    fn offline_mean(&self, mean_session: Duration) -> Duration {
-        let f = self.cfg.churn.clamp(0.0, 0.99);
-        mean_session.mul_f64(f / (1.0 - f))
+    /// The fraction of nodes offline at the start of the lookup phase.
+    fn offline_fraction(&self) -> f64 {
+        match self.cfg.churn_model {
+            ChurnModel::Measured {
+                session_median,
+                downtime_median,
+                ..
+            } => {
+                let (up, down) = (session_median.as_secs_f64(), downtime_median.as_secs_f64());
+                if up + down > 0.0 {
+                    down / (up + down)
+                } else {
+                    0.0
+                }
+            }
+            _ => self.cfg.churn.clamp(0.0, 0.99),
+        }
+    }
+
+    /// The length of a new online session (`None`: sessions do not end).
+    fn session_len(&mut self) -> Option<Duration> {
+        match self.cfg.churn_model {
+            ChurnModel::Crash => None,
+            ChurnModel::Sessions {
+                mean_session,
+                distribution,
+                ..
+            } => Some(sample(distribution, mean_session, &mut self.churn_rng)),
+            ChurnModel::Measured {
+                session_median,
+                distribution,
+                ..
+            } => {
+                let u = 1.0 - self.churn_rng.random::<f64>();
+                Some(sample_median(
+                    distribution,
+                    session_median.as_secs_f64(),
+                    u,
+                    &mut self.churn_rng,
+                ))
+            }
+        }
+    }
+
+    /// The length of an offline period and what ends it (`None`: a crash, for good).
+    fn downtime(&mut self) -> Option<(Duration, Return)> {
+        match self.cfg.churn_model {
+            ChurnModel::Crash => None,
+            ChurnModel::Sessions {
+                mean_session,
+                distribution,
+                on_return,
+            } => {
+                let f = self.cfg.churn.clamp(0.0, 0.99);
+                let mean = mean_session.mul_f64(f / (1.0 - f));
+                Some((sample(distribution, mean, &mut self.churn_rng), on_return))
+            }
+            ChurnModel::Measured {
+                downtime_median,
+                distribution,
+                on_return,
+                ..
+            } => {
+                let u = 1.0 - self.churn_rng.random::<f64>();
+                let d = sample_median(
+                    distribution,
+                    downtime_median.as_secs_f64(),
+                    u,
+                    &mut self.churn_rng,
+                );
+                Some((d, on_return))
+            }
+        }
     }
 
     /// Starts the churn of the lookup phase.
     fn start_churn(&mut self) {
-        let f = self.cfg.churn.clamp(0.0, 0.99);
+        let f = self.offline_fraction();
         if f <= 0.0 {
             return;
         }
@@ -704,16 +880,10 @@ impl Runner<'_> {
         for i in down {
             self.leave(i);
         }
-        if let ChurnModel::Sessions {
-            mean_session,
-            distribution,
-            ..
-        } = self.cfg.churn_model
-        {
-            let now = self.sim.now();
-            for i in up {
-                let at = now + sample(distribution, mean_session, &mut self.churn_rng);
-                self.sim.schedule(at, Action::Leave(i));
+        let now = self.sim.now();
+        for i in up {
+            if let Some(len) = self.session_len() {
+                self.sim.schedule(now + len, Action::Leave(i));
             }
         }
     }
@@ -735,18 +905,12 @@ impl Runner<'_> {
                 self.ops[j].state = OpState::Abandoned;
             }
         }
-        match self.cfg.churn_model {
-            ChurnModel::Crash => self.sim.set_offline(i),
-            ChurnModel::Sessions {
-                mean_session,
-                distribution,
-                on_return,
-            } => {
-                let away = sample(
-                    distribution,
-                    self.offline_mean(mean_session),
-                    &mut self.churn_rng,
-                );
+        if let Some(chat) = self.chat.as_mut() {
+            chat.on_leave(&mut self.sim, i);
+        }
+        match self.downtime() {
+            None => self.sim.set_offline(i),
+            Some((away, on_return)) => {
                 let at = self.sim.now() + away;
                 match on_return {
                     Return::Rejoin => {
@@ -763,13 +927,8 @@ impl Runner<'_> {
     }
 
     fn next_session(&mut self, i: usize) {
-        if let ChurnModel::Sessions {
-            mean_session,
-            distribution,
-            ..
-        } = self.cfg.churn_model
-        {
-            let at = self.sim.now() + sample(distribution, mean_session, &mut self.churn_rng);
+        if let Some(len) = self.session_len() {
+            let at = self.sim.now() + len;
             self.sim.schedule(at, Action::Leave(i));
         }
     }
@@ -784,6 +943,9 @@ impl Runner<'_> {
         self.sim.resume(i);
         let boot: Vec<SocketAddr> = self.boot_addr[i].into_iter().collect();
         self.sim.with_node(i, |d, now| d.bootstrap(&boot, now));
+        if let Some(chat) = self.chat.as_mut() {
+            chat.login(&mut self.sim, i);
+        }
         self.next_session(i);
     }
 
@@ -810,5 +972,64 @@ impl Runner<'_> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The median of many draws, in seconds.
+    fn median_of(dist: SessionDistribution, median: f64) -> (f64, f64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut v: Vec<f64> = (0..20_001)
+            .map(|_| {
+                let u = 1.0 - rng.random::<f64>();
+                sample_median(dist, median, u, &mut rng).as_secs_f64()
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        (v[v.len() / 2], mean)
+    }
+
+    #[test]
+    fn session_lengths_have_the_configured_median() {
+        for dist in [
+            SessionDistribution::Exponential,
+            SessionDistribution::Pareto { shape: 1.5 },
+            SessionDistribution::Weibull { shape: 0.5 },
+            SessionDistribution::LogNormal { sigma: 1.5 },
+        ] {
+            let (median, mean) = median_of(dist, 1800.0);
+            assert!(
+                (median - 1800.0).abs() < 1800.0 * 0.05,
+                "{dist}: median {median:.0} s, not 1800 s"
+            );
+            let want = 1800.0 * dist.mean_over_median();
+            assert!(
+                (mean - want).abs() < want * 0.15,
+                "{dist}: mean {mean:.0} s, expected about {want:.0} s"
+            );
+        }
+    }
+
+    #[test]
+    fn weibull_half_is_heavy_tailed() {
+        // Shape 0.5: mean over 4 times the median, and a tail of long sessions.
+        let (median, mean) = median_of(SessionDistribution::Weibull { shape: 0.5 }, 1800.0);
+        assert!(
+            mean > 3.5 * median,
+            "mean {mean:.0} s, median {median:.0} s"
+        );
+        // Means in sessions: `sample` scales a Weibull to a mean.
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let dist = SessionDistribution::Weibull { shape: 0.5 };
+        let n = 20_000;
+        let total: f64 = (0..n)
+            .map(|_| sample(dist, Duration::from_secs(600), &mut rng).as_secs_f64())
+            .sum();
+        let mean = total / n as f64;
+        assert!((mean - 600.0).abs() < 60.0, "mean {mean:.0} s, not 600 s");
     }
 }

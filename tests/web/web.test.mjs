@@ -34,13 +34,13 @@ function init(name) {
 }
 
 // Starts `peerchat run --web`; resolves with its listen address and web URL.
-function run(name, dir, bootstrap) {
-  const args = ['--data-dir', dir, 'run', '--listen', '127.0.0.1:0', '--web'];
+function run(name, dir, bootstrap, extra = []) {
+  const args = ['--data-dir', dir, 'run', '--listen', '127.0.0.1:0', '--web', ...extra];
   if (bootstrap) args.push('--bootstrap', bootstrap);
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
   children.push(child);
   // The node's log (stderr) is kept for CI; it never holds the token.
-  const logFile = fs.createWriteStream(path.join(OUT, name + '.log'));
+  const logFile = fs.createWriteStream(path.join(OUT, name + '.log'), { flags: 'a' });
   child.stderr.pipe(logFile);
   return new Promise((resolve, reject) => {
     let out = '';
@@ -224,8 +224,26 @@ async function main() {
   await pb.locator('#send-error', { hasText: 'Not sent' }).waitFor();
   check((await pb.inputValue('#text')) === 'typed while the node is down', 'text kept after a failed send');
   await pb.screenshot({ path: path.join(OUT, 'bob-dropped.png') });
+
+  // Bob's node comes back on the same API port, with a new token: the page's
+  // reconnection is refused, it asks for the token, and with the new one it is
+  // live again and sends what was typed.
+  if (bob.child.exitCode === null) await new Promise((r) => bob.child.once('exit', r));
+  const port = new URL(bob.url).port;
+  const bob2 = await run('bob', bobDir, alice.listen, ['--api', '127.0.0.1:' + port]);
+  check(new URL(bob2.url).port === port, 'same API port');
+  await pb.locator('#banner', { hasText: 'token was refused' }).waitFor({ timeout: 60_000 });
+  await pb.fill('#login-token', new URL(bob2.url).hash.replace('#token=', ''));
+  await pb.press('#login-token', 'Enter');
+  await pb.locator('#conn', { hasText: 'live' }).waitFor();
+  check(!(await pb.locator('#banner').isVisible()), 'no banner once live again');
+  check((await pb.inputValue('#text')) === 'typed while the node is down', 'text kept across the restart');
+  await pb.press('#text', 'Enter');
+  await pa.getByRole('button', { name: 'Chats' }).click();
+  await pa.locator('#messages li.msg.in', { hasText: 'typed while the node is down' }).waitFor({ timeout: 60_000 });
+  log('reconnected with the new token; the kept text was sent');
   // Nothing of either token in the nodes' logs.
-  for (const [name, node] of [['alice', alice], ['bob', bob]]) {
+  for (const [name, node] of [['alice', alice], ['bob', bob], ['bob', bob2]]) {
     const token = new URL(node.url).hash.replace('#token=', '');
     const text = fs.readFileSync(path.join(OUT, name + '.log'), 'utf8');
     check(!text.includes(token) && !text.includes(token.slice(0, 16)), name + "'s log holds no token");

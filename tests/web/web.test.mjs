@@ -182,6 +182,9 @@ async function main() {
   await pa.locator('#messages li.msg.in', { hasText: reply }).waitFor();
   await pb.locator('#messages li.msg.out[data-state="delivered"], #messages li.msg.out[data-state="read"]', { hasText: reply }).waitFor({ timeout: 60_000 });
 
+  // The conversation lists follow: the answer is the last message on both sides.
+  await pa.locator('#convs .conv[data-peer="bob"] .last', { hasText: reply }).waitFor();
+  await pb.locator('#convs .conv[data-peer="alice"] .last', { hasText: 'you: ' + reply }).waitFor();
   await pa.screenshot({ path: path.join(OUT, 'alice.png') });
   await pb.screenshot({ path: path.join(OUT, 'bob.png') });
 

@@ -53,6 +53,16 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The screen with soft-wrapped lines joined (`capture-pane -J`).
+    fn joined(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-J", "-t", "tui"])
+            .output()
+            .expect("running tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn keys(&self, text: &str) {
         self.run(&["send-keys", "-t", "tui", "-l", text]);
     }
@@ -253,6 +263,27 @@ fn first_run_join_and_send_in_tmux() {
         }
         std::thread::sleep(POLL);
     }
+
+    // /web prints the web app's address with the token, whole, on one line.
+    let api: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(alice_dir.join("api.json")).expect("alice's api.json"),
+    )
+    .expect("api.json");
+    let url = format!(
+        "http://{}/#token={}",
+        api["addr"].as_str().unwrap_or("?"),
+        api["token"].as_str().unwrap_or("?")
+    );
+    tmux.keys("/web");
+    tmux.key("Enter");
+    tmux.wait(&["Press Enter to go back"], "the web app's address");
+    let s = tmux.joined();
+    assert!(
+        s.lines().any(|l| l.trim() == url),
+        "{url} not on one line:\n{s}"
+    );
+    tmux.key("Enter");
+    tmux.wait(&["message to bob", "? help"], "the chat again");
 
     // /quit leaves cleanly.
     tmux.keys("/quit");

@@ -242,6 +242,8 @@ pub(crate) struct App {
     status_pending: bool,
     /// Why the bootstrap address is asked again (a returning user).
     pub(crate) rejoin_reason: String,
+    /// The web app's address, to print on the terminal's main screen (the runner takes it).
+    pub(crate) print: Option<String>,
     /// Whether the node runs in this process (else: attached to another process's node).
     pub(crate) embedded: bool,
     pub(crate) quit: bool,
@@ -273,6 +275,7 @@ impl App {
             history_pos: None,
             status_pending: false,
             rejoin_reason: String::new(),
+            print: None,
             embedded: false,
             quit: false,
         }
@@ -884,15 +887,10 @@ impl App {
                 self.error(format!("{e} ({kept})"));
             }
             Reply::Web(Ok(url)) => {
-                self.notice = None;
-                self.popup = Some(Popup {
-                    title: "web app".into(),
-                    lines: vec![
-                        "Open this address in a browser on this machine (it holds the API token: do not share it):".into(),
-                        String::new(),
-                        url,
-                    ],
-                });
+                // Printed on the terminal's main screen, where a line longer
+                // than the screen wraps softly and copies whole.
+                self.info("the web app's address is printed on the terminal, above the chat (it stays there after /quit)");
+                self.print = Some(url);
             }
             Reply::Web(Err(e)) => self.error(format!("web app: {e}")),
             Reply::Event(ev) => return self.on_api_event(ev),

@@ -195,6 +195,11 @@ impl Controller {
             for r in reqs {
                 self.dispatch(r);
             }
+            if let Some(url) = app.print.take()
+                && print_url(terminal, &mut keys, &mut signal, &url).await?
+            {
+                return Ok(());
+            }
         }
     }
 
@@ -364,6 +369,51 @@ impl Controller {
             eprintln!("stopped");
         }
     }
+}
+
+/// Leaves the alternate screen to print the web app's address on the main
+/// screen (a long line wraps softly there and copies whole; it stays in the
+/// scrollback after the UI ends), then comes back on Enter. True if a signal
+/// came meanwhile (quit).
+async fn print_url(
+    terminal: &mut ratatui::DefaultTerminal,
+    keys: &mut mpsc::UnboundedReceiver<event::Event>,
+    signal: &mut JoinHandle<()>,
+    url: &str,
+) -> Result<bool> {
+    use ratatui::crossterm::event::{Event, KeyCode, KeyEventKind};
+    use ratatui::crossterm::terminal::{
+        EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+    };
+    let mut out = std::io::stdout();
+    ratatui::crossterm::execute!(out, LeaveAlternateScreen, DisableBracketedPaste)?;
+    disable_raw_mode()?;
+    println!();
+    println!(
+        "The Peerchat web app: open this address in a browser on this machine (it holds the API token: do not share it)."
+    );
+    println!();
+    println!("{url}");
+    println!();
+    println!("Press Enter to go back to the chat.");
+    let quit = loop {
+        tokio::select! {
+            k = keys.recv() => match k {
+                Some(Event::Key(k)) if k.kind != KeyEventKind::Release
+                    && matches!(k.code, KeyCode::Enter | KeyCode::Esc) => break false,
+                Some(_) => {}
+                None => break true,
+            },
+            _ = &mut *signal => break true,
+        }
+    };
+    enable_raw_mode()?;
+    ratatui::crossterm::execute!(out, EnterAlternateScreen, EnableBracketedPaste)?;
+    // A full redraw. (Not `Terminal::clear`: it reads the cursor position from
+    // the terminal, which the thread that reads keys holds.)
+    let size = terminal.size()?;
+    terminal.resize(ratatui::layout::Rect::new(0, 0, size.width, size.height))?;
+    Ok(quit)
 }
 
 /// The answer to a request made before any node answers.

@@ -468,14 +468,15 @@ fn commands() {
         "{text}"
     );
 
-    // /web prints the URL with its token, whole, on one row.
+    // /web hands the URL with its token to the runner, to print on the terminal.
     app.on_key(key(KeyCode::Esc));
     app.input.set("/web");
     assert_eq!(app.on_key(key(KeyCode::Enter)), vec![Request::Web]);
-    let url = format!("http://127.0.0.1:4242/#token={}", "ab".repeat(16));
+    let url = format!("http://127.0.0.1:4242/#token={}", "ab".repeat(32));
     app.on_reply(Reply::Web(Ok(url.clone())));
-    let rows = rows(&render(&app, COLOR, 80, 24));
-    assert!(rows.iter().any(|r| r.trim() == url), "{rows:#?}");
+    assert_eq!(app.print.as_deref(), Some(url.as_str()));
+    app.on_reply(Reply::Web(Err("no running peerchat node".into())));
+    assert!(matches!(&app.notice, Some((Level::Error, e)) if e.contains("no running")));
 
     app.on_key(key(KeyCode::Esc));
     app.input.set("/quit");
@@ -570,12 +571,16 @@ fn peer_text_cannot_drive_the_terminal() {
 fn a_box_that_opens_while_typing_eats_no_keys() {
     let mut app = chat_app();
     type_text(&mut app, "hel");
-    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    app.on_reply(whois_box());
     assert!(app.popup.is_some());
+    let text = screen_text(&render(&app, COLOR, 80, 24));
+    assert!(text.contains("whois bob"), "{text}");
+    assert!(text.contains("chat at      192.0.2.7:7420"), "{text}");
+    assert!(text.contains("1111 2222 3333 4444"), "{text}");
     type_text(&mut app, "lo");
     assert!(app.popup.is_none());
     assert_eq!(app.input.text, "hello");
-    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    app.on_reply(whois_box());
     assert_eq!(
         app.on_key(key(KeyCode::Enter)),
         vec![Request::Send {
@@ -584,9 +589,9 @@ fn a_box_that_opens_while_typing_eats_no_keys() {
         }]
     );
     // Esc only closes it.
-    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    app.on_reply(whois_box());
     type_text(&mut app, "x");
-    app.on_reply(Reply::Web(Ok("http://127.0.0.1:1/#token=00".into())));
+    app.on_reply(whois_box());
     app.on_key(key(KeyCode::Esc));
     assert!(app.popup.is_none());
     assert_eq!(app.input.text, "x");
@@ -633,4 +638,20 @@ fn a_sender_known_only_by_key() {
 
 fn key_ev(c: KeyCode) -> KeyEvent {
     key(c)
+}
+
+/// An answer that opens a box (`/whois`).
+fn whois_box() -> Reply {
+    Reply::Whois {
+        typed: "/whois bob".into(),
+        open: false,
+        result: Ok(peerchat_node::chat::WhoisView {
+            name: "bob".into(),
+            key: "bb".into(),
+            fingerprint: "1111 2222 3333 4444 5555 6666 7777 8888".into(),
+            dht_addrs: vec!["192.0.2.7:7420".into()],
+            chat_addrs: vec!["192.0.2.7:7420".into()],
+            presence_ms: Some(T),
+        }),
+    }
 }

@@ -46,6 +46,8 @@ enum BenchCommand {
     Chat(bench_chat::ChatBenchArgs),
     /// N real DHT nodes on loopback in this process: formation, lookups, BEP 44 get/put (optionally against the mainline crate).
     Dht(bench::DhtBenchArgs),
+    /// The paper's registration storm (users joining 5 ms apart, then announcing), with plots.
+    Registrations(bench::registrations::RegistrationsArgs),
 }
 
 fn main() {
@@ -76,6 +78,9 @@ fn run(cli: Cli) -> Result<()> {
     // is measured alone.
     match cli.command {
         Some(Command::Bench(BenchCommand::Dht(a))) => return bench::run_dht(a),
+        Some(Command::Bench(BenchCommand::Registrations(a))) => {
+            return bench::registrations::run(a);
+        }
         Some(Command::Sim(a)) => return sim_cmd::run(a),
         _ => {}
     }
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Dht(cmd)) => rt.block_on(dht_cmd::run(cmd)),
         Some(Command::Bench(BenchCommand::Chat(a))) => rt.block_on(bench_chat::run(a)),
         Some(Command::Bench(BenchCommand::Dht(a))) => bench::run_dht(a),
+        Some(Command::Bench(BenchCommand::Registrations(a))) => bench::registrations::run(a),
         Some(Command::Sim(a)) => sim_cmd::run(a),
         Some(Command::Chat(cmd)) => rt.block_on(chat_cmd::run(cli.data_dir, cmd)),
         None => rt.block_on(tui::run(cli.data_dir, cli.tui)),

@@ -30,6 +30,7 @@ pub mod network;
 mod queue;
 pub mod report;
 pub mod scenario;
+pub mod storm;
 pub mod trace;
 
 pub use chat::ChatReport;

@@ -45,7 +45,7 @@ pub(crate) async fn publisher(inner: Arc<Inner>) {
     }
 }
 
-async fn claim_name(inner: &Inner) {
+pub(crate) async fn claim_name(inner: &Inner) {
     let claim = NameClaim::new(&inner.identity, &inner.name, 1, now_ms());
     let bytes = claim.to_bytes();
     // We are among the nodes closest to our own name too (find_node never

@@ -51,6 +51,12 @@ pub struct ChatConfig {
     pub presence_every: Duration,
     /// How often relays retry pushing held messages to their recipients.
     pub relay_retry_every: Duration,
+    /// Reader threads of the database (0: the writer's thread reads too; one
+    /// thread and one connection per node, for benchmarks running many nodes).
+    pub db_readers: usize,
+    /// Events buffered for slow subscribers (allocated up front: keep it small
+    /// when running many nodes in one process).
+    pub event_buffer: usize,
 }
 
 impl ChatConfig {
@@ -65,6 +71,8 @@ impl ChatConfig {
             relay: RelayConfig::default(),
             presence_every: Duration::from_secs(300),
             relay_retry_every: Duration::from_secs(5),
+            db_readers: crate::db::DbOptions::default().readers,
+            event_buffer: 16_384,
         }
     }
 }
@@ -198,7 +206,13 @@ impl ChatNode {
         let datadir = DataDir::open(&config.data_dir)?;
         let dir = config.data_dir.display().to_string();
         let secret = datadir.read_secret()?;
-        let db = Db::open(datadir.db_path())?;
+        let db = Db::open_with(
+            datadir.db_path(),
+            crate::db::DbOptions {
+                readers: config.db_readers,
+                ..Default::default()
+            },
+        )?;
         let profile = db
             .profile()
             .await?
@@ -248,7 +262,7 @@ impl ChatNode {
             }
         }
         let (stop, shutdown) = watch::channel(false);
-        let (events, _) = broadcast::channel(16_384);
+        let (events, _) = broadcast::channel(config.event_buffer.max(1));
         let inner = Arc::new(Inner {
             keys: SessionKeys {
                 x25519_secret: identity.x25519_secret(),
@@ -418,6 +432,19 @@ impl ChatClient {
             }
         }
         Ok(out)
+    }
+
+    /// Claims our name and publishes our presence now, as login does; true
+    /// when the network holds our claim.
+    pub async fn announce(&self) -> Result<bool, ChatError> {
+        directory::claim_name(&self.inner).await;
+        directory::publish_presence(&self.inner).await?;
+        Ok(self.inner.claimed.load(Ordering::Relaxed))
+    }
+
+    /// The DHT node's state and counters.
+    pub async fn dht_snapshot(&self) -> Result<crate::NodeSnapshot, ChatError> {
+        Ok(self.inner.dht.snapshot().await?)
     }
 
     /// Who holds `name`, and where they are.

@@ -58,7 +58,9 @@ pub const DB_FILE: &str = "peerchat.db";
 /// Tuning knobs; [`Default`] suits a node.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
-    /// Reader threads (each with its own connection). At least 1.
+    /// Reader threads (each with its own connection). 0: reads run on the
+    /// writer's thread and connection (one thread and one connection per
+    /// database, for processes that run many nodes, such as benchmarks).
     pub readers: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
@@ -171,7 +173,7 @@ impl Db {
                 });
             }
         }
-        let readers = (0..opts.readers.max(1))
+        let readers = (0..opts.readers)
             .map(|_| open_conn(&path, false, &opts))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(open_err)?;
@@ -182,7 +184,7 @@ impl Db {
         let mut inner = Inner {
             path: path.clone(),
             write_tx: Some(write_tx),
-            read_tx: Some(read_tx),
+            read_tx: (opts.readers > 0).then_some(read_tx),
             threads: Vec::new(),
         };
         let max_batch = opts.max_batch.max(1);
@@ -235,7 +237,10 @@ impl Db {
         F: FnOnce(&Connection) -> Result<R, DbError> + Send + 'static,
         R: Send + 'static,
     {
-        let sender = self.inner.read_tx.as_ref().ok_or(DbError::Closed)?;
+        let Some(sender) = self.inner.read_tx.as_ref() else {
+            // No reader threads: the writer's connection reads too.
+            return self.write(f).await;
+        };
         let (tx, rx) = oneshot::channel();
         let job: BoxedRead = Box::new(move |conn: &Connection| {
             let _ = tx.send(f(conn));

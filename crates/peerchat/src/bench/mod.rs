@@ -30,6 +30,7 @@
 
 mod dht;
 mod mainline_rival;
+pub(crate) mod registrations;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};

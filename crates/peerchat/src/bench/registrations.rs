@@ -1,0 +1,1393 @@
+//! `peerchat bench registrations`: the paper's registration storm (section 5.1),
+//! with real chat nodes on loopback.
+//!
+//! For each `n` of `--nodes`:
+//!
+//! 1. Setup (not timed): `n` users are created (identity, database, profile), each
+//!    in its own data dir under `--dir` (`/dev/shm` by default: the databases are
+//!    durable, `synchronous=FULL`, and a disk would measure the disk).
+//! 2. The storm: user `i` logs in ([`ChatNode::start`]: joins the DHT, fetches its
+//!    mailbox, claims its name, publishes its presence) `i × 5 ms` after the first,
+//!    bootstrapping from user `i − 1`; then every user announces itself again
+//!    (name claim and presence, [`ChatClient::announce`]), as in the original.
+//!    "Registered" is the moment every user's announce has been acknowledged by
+//!    the network (its claim held by the nodes closest to its name).
+//! 3. The check: 200 random pairs (every pair when `n <= 20`) resolve each
+//!    other's name ([`ChatClient::whois`]: right key, right address) and send
+//!    each other a message ([`ChatClient::send`]) that must arrive (the
+//!    recipient's inbox).
+//!
+//! User `i` listens (UDP for the DHT, TCP for sessions) on its own loopback
+//! address `127.20.x.y` and one port shared by all users of a run, so that every
+//! address is known before its node starts: the joins do not wait for each other.
+//!
+//! The users of one `n` are spread over worker processes (this binary with the
+//! hidden `--worker` flag, driven over stdin/stdout with one JSON object a line),
+//! `--users-per-worker` each, so that no process passes the open-file cap (each
+//! user holds a UDP socket, a TCP listener, its data dir's lock and one SQLite
+//! connection: db + wal + shm). The workers report their counters, memory (VmHWM
+//! and RSS from `/proc/self/status`), CPU time (`/proc/self/stat`) and open files
+//! (`/proc/self/fd`); RPCs per second per node are sampled every 100 ms on up to
+//! 64 users per worker.
+//!
+//! `--sim` runs the simulator's version of the storm instead (see
+//! `peerchat_sim::storm`): the same figures without messaging, for 100,000 nodes
+//! and more.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use peerchat_node::chat::{ChatClient, ChatConfig, ChatNode};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{cpu_seconds, percentile};
+
+mod plot;
+mod sim;
+
+/// Arguments of `peerchat bench registrations`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RegistrationsArgs {
+    /// Numbers of users, one storm each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10,20,40,80,160,320,640,1280,2560,5120,10240"
+    )]
+    pub(crate) nodes: Vec<usize>,
+    /// DHT bucket size and replication.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) k: usize,
+    /// DHT lookup parallelism.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) alpha: usize,
+    /// Write every figure (with the RPC-rate curves) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+    /// Draw RPCs per second per node over time to FILE.svg, and RPCs per node and
+    /// hops against n to FILE-scaling.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
+    /// Milliseconds between two users' logins.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) join_interval_ms: u64,
+    /// Random pairs checked after the storm (every pair when n <= 20).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) pairs: usize,
+    /// Users per worker process (each costs about 7 open files).
+    #[arg(long, default_value_t = 1500)]
+    pub(crate) users_per_worker: usize,
+    /// Seed of the pairs checked; random if absent.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Where the users' data dirs go (default: /dev/shm if present, else the temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Run the simulator's version of the storm (DHT join, name claim and presence
+    /// puts, 200 name resolutions; no messaging) in virtual time instead.
+    #[arg(long)]
+    pub(crate) sim: bool,
+    /// Internal: serve as a worker process of the benchmark over stdin/stdout.
+    #[arg(long, hide = true)]
+    pub(crate) worker: bool,
+}
+
+// ----- the protocol between the benchmark and its workers ---------------------
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum Cmd {
+    Setup {
+        users: Vec<u32>,
+        k: usize,
+        alpha: usize,
+        port: u16,
+        dir: PathBuf,
+    },
+    Join {
+        start_unix_ms: u64,
+        interval_ms: u64,
+    },
+    Announce,
+    Resolve {
+        ops: Vec<Op>,
+    },
+    Send {
+        ops: Vec<Op>,
+    },
+    Await {
+        ops: Vec<Op>,
+        timeout_ms: u64,
+    },
+    Finish,
+}
+
+/// One direction of a checked pair: `from` resolves / messages `to`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Op {
+    from: u32,
+    to: u32,
+    key: String,
+    text: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+enum Reply {
+    Ready {
+        keys: Vec<(u32, String)>,
+    },
+    Joined {
+        failures: Vec<String>,
+        done_unix_ms: u64,
+    },
+    Announced {
+        failed: Vec<u32>,
+        done_unix_ms: u64,
+        /// Queries sent so far by this worker's users, by method.
+        sent: [u64; 7],
+        /// Routing-table sizes of this worker's users.
+        contacts: Vec<usize>,
+    },
+    Resolved {
+        ok: Vec<bool>,
+        micros: Vec<u64>,
+        hops: Vec<u32>,
+        errors: Vec<String>,
+    },
+    Sent {
+        errors: Vec<String>,
+    },
+    Arrived {
+        arrived: Vec<bool>,
+    },
+    Finished(Box<WorkerFigures>),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+struct Sample {
+    t_unix_ms: u64,
+    sent: u64,
+    nodes: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct WorkerFigures {
+    users: usize,
+    sent: [u64; 7],
+    queries_received: u64,
+    timeouts: u64,
+    samples: Vec<Sample>,
+    cpu_seconds: f64,
+    rss_base_kib: u64,
+    rss_end_kib: u64,
+    vmhwm_kib: u64,
+    fd_peak: usize,
+}
+
+/// User `i`'s address: its own loopback IP `127.(20 + hi).mid.lo`, the run's port.
+fn user_addr(i: u32, port: u16) -> SocketAddr {
+    let j = i + 1;
+    let ip = Ipv4Addr::new(127, 20 + (j >> 16) as u8, (j >> 8) as u8, j as u8);
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+fn user_name(i: u32) -> String {
+    format!("user-{i}")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A `kB` field of `/proc/self/status`.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+// ----- the worker --------------------------------------------------------------
+
+/// Waits (up to `limit`) until something listens on UDP `addr`: the user a new
+/// one bootstraps from may have been scheduled 5 ms earlier but, on a busy
+/// machine, not have opened its socket yet; a bootstrap datagram sent then is
+/// lost, the newcomer starts alone, and everyone after it joins through it: a
+/// second network. An empty datagram to a closed port on loopback comes back at
+/// once as "connection refused"; to an open one it is dropped as malformed.
+async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let Ok(sock) = tokio::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await else {
+        return;
+    };
+    if sock.connect(addr).await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        let refused = match sock.send(&[]).await {
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(_) => matches!(
+                tokio::time::timeout(Duration::from_millis(2), sock.recv(&mut buf)).await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            ),
+        };
+        if !refused || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Runs a worker process: reads commands from stdin, answers on stdout.
+pub(crate) fn run_worker() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(worker_main())
+}
+
+fn write_reply(r: &Reply) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, r)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn worker_main() -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut w = Worker {
+        rss_base_kib: status_kib("VmRSS:"),
+        cpu_base: cpu_seconds().unwrap_or(0.0),
+        ..Worker::default()
+    };
+    while let Some(line) = rx.recv().await {
+        let reply = match serde_json::from_str::<Cmd>(&line) {
+            Ok(Cmd::Finish) => {
+                let figures = w.finish().await;
+                write_reply(&Reply::Finished(Box::new(figures)))?;
+                // Thousands of nodes need no orderly shutdown: their data dirs go.
+                std::process::exit(0);
+            }
+            Ok(cmd) => w.handle(cmd).await.unwrap_or_else(|e| Reply::Error {
+                message: format!("{e:#}"),
+            }),
+            Err(e) => Reply::Error {
+                message: format!("bad command: {e}"),
+            },
+        };
+        write_reply(&reply)?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Worker {
+    users: Vec<u32>,
+    k: usize,
+    alpha: usize,
+    port: u16,
+    dir: PathBuf,
+    clients: Arc<Mutex<HashMap<u32, ChatClient>>>,
+    nodes: Arc<Mutex<Vec<ChatNode>>>,
+    stop_sampler: Arc<AtomicBool>,
+    sampler: Option<tokio::task::JoinHandle<Vec<Sample>>>,
+    fd_peak: Arc<AtomicUsize>,
+    rss_base_kib: u64,
+    cpu_base: f64,
+}
+
+impl Worker {
+    fn client(&self, i: u32) -> Option<ChatClient> {
+        self.clients.lock().ok()?.get(&i).cloned()
+    }
+
+    async fn handle(&mut self, cmd: Cmd) -> Result<Reply> {
+        match cmd {
+            Cmd::Setup {
+                users,
+                k,
+                alpha,
+                port,
+                dir,
+            } => {
+                self.users = users;
+                self.k = k;
+                self.alpha = alpha;
+                self.port = port;
+                self.dir = dir;
+                let mut keys = Vec::with_capacity(self.users.len());
+                for chunk in self.users.chunks(8) {
+                    let mut set = JoinSet::new();
+                    for &i in chunk {
+                        let path = self.dir.join(format!("u{i}"));
+                        set.spawn(async move {
+                            let info = peerchat_node::chat::init(&path, &user_name(i)).await;
+                            (i, info)
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        let (i, info) = r?;
+                        let info = info.with_context(|| format!("creating user {i}"))?;
+                        keys.push((i, info.key.to_hex()));
+                    }
+                }
+                self.fd_peak.fetch_max(open_fds(), Ordering::Relaxed);
+                Ok(Reply::Ready { keys })
+            }
+            Cmd::Join {
+                start_unix_ms,
+                interval_ms,
+            } => self.join(start_unix_ms, interval_ms).await,
+            Cmd::Announce => self.announce().await,
+            Cmd::Resolve { ops } => self.resolve(ops).await,
+            Cmd::Send { ops } => {
+                let mut set = JoinSet::new();
+                for op in ops {
+                    let c = self.client(op.from);
+                    set.spawn(async move {
+                        let Some(c) = c else {
+                            return Some(format!("user {} is not running", op.from));
+                        };
+                        c.send(&user_name(op.to), &op.text)
+                            .await
+                            .err()
+                            .map(|e| format!("{} -> {}: {e}", op.from, op.to))
+                    });
+                }
+                let mut errors = Vec::new();
+                while let Some(r) = set.join_next().await {
+                    if let Some(e) = r? {
+                        errors.push(e);
+                    }
+                }
+                Ok(Reply::Sent { errors })
+            }
+            Cmd::Await { ops, timeout_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                let mut arrived = vec![false; ops.len()];
+                loop {
+                    let mut by_user: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+                    for (j, op) in ops.iter().enumerate() {
+                        if !arrived[j] {
+                            by_user.entry(op.to).or_default().push(j);
+                        }
+                    }
+                    if by_user.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                    for (user, js) in by_user {
+                        let Some(c) = self.client(user) else { continue };
+                        let Ok(inbox) = c.inbox(1000).await else {
+                            continue;
+                        };
+                        for j in js {
+                            if inbox.iter().any(|m| m.text == ops[j].text) {
+                                arrived[j] = true;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Reply::Arrived { arrived })
+            }
+            Cmd::Finish => Err(anyhow!("finish is handled by the loop")),
+        }
+    }
+
+    async fn join(&mut self, start_unix_ms: u64, interval_ms: u64) -> Result<Reply> {
+        self.start_sampler();
+        let mut users = self.users.clone();
+        users.sort_unstable();
+        let mut set = JoinSet::new();
+        for i in users {
+            let at = start_unix_ms + u64::from(i) * interval_ms;
+            let now = unix_ms();
+            if at > now {
+                tokio::time::sleep(Duration::from_millis(at - now)).await;
+            }
+            if i > 0 {
+                wait_listening(user_addr(i - 1, self.port), Duration::from_secs(5)).await;
+            }
+            let mut cfg = ChatConfig::new(self.dir.join(format!("u{i}")), user_addr(i, self.port));
+            if i > 0 {
+                cfg.bootstrap = vec![user_addr(i - 1, self.port)];
+            }
+            cfg.k = self.k;
+            cfg.alpha = self.alpha;
+            cfg.db_readers = 0;
+            cfg.event_buffer = 16;
+            let clients = self.clients.clone();
+            let nodes = self.nodes.clone();
+            set.spawn(async move {
+                match ChatNode::start(cfg).await {
+                    Ok(node) => {
+                        if let Ok(mut c) = clients.lock() {
+                            c.insert(i, node.client());
+                        }
+                        if let Ok(mut n) = nodes.lock() {
+                            n.push(node);
+                        }
+                        None
+                    }
+                    Err(e) => Some(format!("user {i}: {e}")),
+                }
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Some(e) = r? {
+                failures.push(e);
+            }
+        }
+        self.fd_peak.fetch_max(open_fds(), Ordering::Relaxed);
+        Ok(Reply::Joined {
+            failures,
+            done_unix_ms: unix_ms(),
+        })
+    }
+
+    fn start_sampler(&mut self) {
+        let mut users = self.users.clone();
+        users.sort_unstable();
+        let step = users.len().div_ceil(64).max(1);
+        let sampled: Vec<u32> = users.into_iter().step_by(step).collect();
+        let clients = self.clients.clone();
+        let stop = self.stop_sampler.clone();
+        let fd_peak = self.fd_peak.clone();
+        self.sampler = Some(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                every.tick().await;
+                tick += 1;
+                let running: Vec<ChatClient> = match clients.lock() {
+                    Ok(c) => sampled.iter().filter_map(|i| c.get(i).cloned()).collect(),
+                    Err(_) => break,
+                };
+                let mut sent = 0;
+                let mut nodes = 0;
+                for c in running {
+                    if let Ok(s) = c.dht_snapshot().await {
+                        sent += s.stats.total_sent();
+                        nodes += 1;
+                    }
+                }
+                samples.push(Sample {
+                    t_unix_ms: unix_ms(),
+                    sent,
+                    nodes,
+                });
+                if tick.is_multiple_of(10) {
+                    fd_peak.fetch_max(open_fds(), Ordering::Relaxed);
+                }
+            }
+            samples
+        }));
+    }
+
+    async fn announce(&mut self) -> Result<Reply> {
+        let clients: Vec<(u32, ChatClient)> = match self.clients.lock() {
+            Ok(c) => c.iter().map(|(i, c)| (*i, c.clone())).collect(),
+            Err(_) => bail!("poisoned"),
+        };
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut set = JoinSet::new();
+        for (i, c) in clients {
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire().await;
+                // A user whose bootstrap is still being retried (its predecessor
+                // was not listening yet) gets a few seconds to join.
+                for attempt in 0..20 {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    if let Ok(true) = c.announce().await {
+                        return None;
+                    }
+                }
+                Some(i)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Some(i) = r? {
+                failed.push(i);
+            }
+        }
+        let done_unix_ms = unix_ms();
+        let (sent, _, _, contacts) = self.counters().await;
+        Ok(Reply::Announced {
+            failed,
+            done_unix_ms,
+            sent,
+            contacts,
+        })
+    }
+
+    async fn resolve(&mut self, ops: Vec<Op>) -> Result<Reply> {
+        let started = Instant::now();
+        let mut ok = vec![false; ops.len()];
+        let mut micros = vec![0; ops.len()];
+        let mut errors = Vec::new();
+        // A few at a time: latencies of a quiet network, not of a queue.
+        for (chunk_no, chunk) in ops.chunks(4).enumerate() {
+            let mut set = JoinSet::new();
+            for (j, op) in chunk.iter().enumerate() {
+                let c = self.client(op.from);
+                let op = op.clone();
+                let port = self.port;
+                set.spawn(async move {
+                    let Some(c) = c else {
+                        return (
+                            j,
+                            false,
+                            0,
+                            Some(format!("user {} is not running", op.from)),
+                        );
+                    };
+                    let t = Instant::now();
+                    let r = c.whois(&user_name(op.to)).await;
+                    let us = t.elapsed().as_micros() as u64;
+                    match r {
+                        Ok(w) => {
+                            let addr = user_addr(op.to, port).to_string();
+                            let good = w.key == op.key && w.chat_addrs.contains(&addr);
+                            let err = (!good).then(|| {
+                                format!(
+                                    "{} resolved {}: key {}, addresses {:?}",
+                                    op.from,
+                                    op.to,
+                                    &w.key[..16.min(w.key.len())],
+                                    w.chat_addrs
+                                )
+                            });
+                            (j, good, us, err)
+                        }
+                        Err(e) => {
+                            let table = c
+                                .dht_snapshot()
+                                .await
+                                .map(|s| s.contacts.len())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            let again = c.whois(&user_name(op.to)).await.map(|w| w.key == op.key);
+                            (
+                                j,
+                                false,
+                                us,
+                                Some(format!(
+                                    "{} resolving {}: {e} (table {table}, again: {again:?})",
+                                    op.from, op.to
+                                )),
+                            )
+                        }
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                let (j, good, us, err) = r?;
+                ok[chunk_no * 4 + j] = good;
+                micros[chunk_no * 4 + j] = us;
+                errors.extend(err);
+            }
+        }
+        // The hops of every lookup the resolvers ran meanwhile.
+        let window = started.elapsed();
+        let mut hops = Vec::new();
+        let froms: BTreeSet<u32> = ops.iter().map(|o| o.from).collect();
+        for f in froms {
+            let Some(c) = self.client(f) else { continue };
+            if let Ok(s) = c.dht_snapshot().await {
+                hops.extend(
+                    s.lookups
+                        .iter()
+                        .filter(|l| l.ago <= window && l.kind != "bootstrap")
+                        .map(|l| l.stats.hops),
+                );
+            }
+        }
+        Ok(Reply::Resolved {
+            ok,
+            micros,
+            hops,
+            errors,
+        })
+    }
+
+    /// Queries sent by method, queries received and timeouts, over this worker's users.
+    async fn counters(&self) -> ([u64; 7], u64, u64, Vec<usize>) {
+        let clients: Vec<ChatClient> = self
+            .clients
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        let (mut sent, mut received, mut timeouts) = ([0u64; 7], 0, 0);
+        let mut contacts = Vec::new();
+        for c in clients {
+            if let Ok(s) = c.dht_snapshot().await {
+                for (a, b) in sent.iter_mut().zip(s.stats.sent) {
+                    *a += b;
+                }
+                received += s.stats.queries_received;
+                timeouts += s.stats.timeouts;
+                contacts.push(s.contacts.len());
+            }
+        }
+        (sent, received, timeouts, contacts)
+    }
+
+    async fn finish(&mut self) -> WorkerFigures {
+        self.stop_sampler.store(true, Ordering::Relaxed);
+        let samples = match self.sampler.take() {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (sent, queries_received, timeouts, _) = self.counters().await;
+        let mut f = WorkerFigures {
+            users: self.clients.lock().map(|c| c.len()).unwrap_or(0),
+            samples,
+            sent,
+            queries_received,
+            timeouts,
+            ..WorkerFigures::default()
+        };
+        f.fd_peak = self.fd_peak.load(Ordering::Relaxed).max(open_fds());
+        f.cpu_seconds = cpu_seconds().unwrap_or(0.0) - self.cpu_base;
+        f.rss_base_kib = self.rss_base_kib;
+        f.rss_end_kib = status_kib("VmRSS:");
+        f.vmhwm_kib = status_kib("VmHWM:");
+        f
+    }
+}
+
+// ----- the benchmark -------------------------------------------------------------
+
+/// A worker process and its reply lines.
+struct WorkerProc {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+struct Workers {
+    procs: Vec<WorkerProc>,
+    replies: mpsc::Receiver<(usize, String)>,
+}
+
+impl Workers {
+    fn spawn(count: usize) -> Result<Workers> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        let (tx, replies) = mpsc::channel();
+        let mut procs = Vec::with_capacity(count);
+        for w in 0..count {
+            let mut child = Command::new(&exe)
+                .args(["bench", "registrations", "--worker"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting worker {w} ({})", exe.display()))?;
+            let stdin = child.stdin.take().ok_or_else(|| anyhow!("worker stdin"))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("worker stdout"))?;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(l) = line else { break };
+                    if tx.send((w, l)).is_err() {
+                        break;
+                    }
+                }
+            });
+            procs.push(WorkerProc { child, stdin });
+        }
+        Ok(Workers { procs, replies })
+    }
+
+    fn send(&mut self, w: usize, cmd: &Cmd) -> Result<()> {
+        let p = &mut self.procs[w];
+        serde_json::to_writer(&mut p.stdin, cmd)?;
+        p.stdin.write_all(b"\n")?;
+        p.stdin.flush()?;
+        Ok(())
+    }
+
+    /// One reply from each worker in `from`, drawing `progress` while waiting.
+    fn collect(
+        &self,
+        from: &[usize],
+        timeout: Duration,
+        mut progress: impl FnMut(f64),
+    ) -> Result<Vec<Reply>> {
+        let started = Instant::now();
+        let mut out: Vec<Option<Reply>> = (0..self.procs.len()).map(|_| None).collect();
+        let mut left = from.len();
+        while left > 0 {
+            let waited = started.elapsed();
+            if waited >= timeout {
+                bail!("workers did not answer within {} s", timeout.as_secs());
+            }
+            progress(waited.as_secs_f64());
+            match self.replies.recv_timeout(Duration::from_millis(200)) {
+                Ok((w, line)) => {
+                    let r: Reply = serde_json::from_str(&line)
+                        .with_context(|| format!("worker {w} said {line:?}"))?;
+                    if let Reply::Error { message } = &r {
+                        bail!("worker {w}: {message}");
+                    }
+                    if out[w].replace(r).is_none() {
+                        left -= 1;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every worker exited"),
+            }
+        }
+        Ok(from.iter().filter_map(|&w| out[w].take()).collect())
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.procs.len()).collect()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Latency figures, milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Millis {
+    pub(crate) p50: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) max: Option<f64>,
+}
+
+/// The figures of one storm.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct StormResult {
+    /// Users.
+    pub(crate) n: usize,
+    /// `real` (chat nodes on loopback) or `sim` (the simulator, virtual time).
+    pub(crate) mode: String,
+    pub(crate) k: usize,
+    pub(crate) alpha: usize,
+    /// Worker processes.
+    pub(crate) workers: usize,
+    /// Creating the users (identities, databases), not part of the storm.
+    pub(crate) setup_seconds: f64,
+    /// From the first login until every login returned.
+    pub(crate) join_seconds: f64,
+    /// From the first login until every user's announce was acknowledged: the storm.
+    pub(crate) registered_seconds: f64,
+    /// From the first login until the end of the check.
+    pub(crate) total_seconds: f64,
+    /// Logins that failed, and announces that never got an acknowledgement.
+    pub(crate) join_failures: usize,
+    pub(crate) announce_failures: usize,
+    /// DHT queries sent per user, from the first login until registered (the storm).
+    pub(crate) rpcs_per_node: f64,
+    pub(crate) rpcs_per_node_by_method: BTreeMap<String, f64>,
+    /// DHT queries sent per user, from the first login to the end of the check.
+    pub(crate) rpcs_per_node_total: f64,
+    pub(crate) timeouts_per_node: f64,
+    /// (seconds since the first login, queries sent per second per running user).
+    pub(crate) rpc_rate: Vec<(f64, f64)>,
+    pub(crate) rpc_rate_peak: f64,
+    /// Routing-table sizes once registered: smallest and median.
+    pub(crate) contacts_min: usize,
+    pub(crate) contacts_p50: usize,
+    /// Hops of the lookups run during the check.
+    pub(crate) hops_p50: Option<f64>,
+    pub(crate) hops_p99: Option<f64>,
+    pub(crate) hop_samples: usize,
+    /// Name resolutions (name to key and address).
+    pub(crate) resolutions: usize,
+    pub(crate) resolved: usize,
+    pub(crate) name_lookup_ms: Millis,
+    /// Messages sent and arrived.
+    pub(crate) messages: usize,
+    pub(crate) delivered: usize,
+    /// (VmHWM − RSS at start) summed over the workers, / n, KiB.
+    pub(crate) peak_memory_per_node_kib: f64,
+    /// (RSS at the end − RSS at start) summed over the workers, / n, KiB.
+    pub(crate) rss_delta_per_node_kib: f64,
+    /// CPU seconds of the workers (setup excluded), / n.
+    pub(crate) cpu_seconds_per_node: f64,
+    /// Most open files in one process.
+    pub(crate) fd_peak: usize,
+    /// First errors seen, for the reader.
+    pub(crate) errors: Vec<String>,
+}
+
+impl StormResult {
+    /// Every user registered, every name resolved, every message arrived.
+    pub(crate) fn success(&self) -> bool {
+        self.join_failures == 0
+            && self.announce_failures == 0
+            && self.resolved == self.resolutions
+            && self.delivered == self.messages
+    }
+}
+
+/// Least squares `y = a + b·log2(n)`, with R².
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LogFit {
+    pub(crate) a: f64,
+    pub(crate) b: f64,
+    pub(crate) r2: f64,
+}
+
+pub(crate) fn fit_log2(points: &[(f64, f64)]) -> Option<LogFit> {
+    if points.len() < 2 {
+        return None;
+    }
+    let xs: Vec<f64> = points.iter().map(|p| p.0.log2()).collect();
+    let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let m = xs.len() as f64;
+    let mx = xs.iter().sum::<f64>() / m;
+    let my = ys.iter().sum::<f64>() / m;
+    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let b = sxy / sxx;
+    let a = my - b * mx;
+    let ss_res: f64 = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| (y - a - b * x).powi(2))
+        .sum();
+    let ss_tot: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
+    let r2 = if ss_tot == 0.0 {
+        1.0
+    } else {
+        1.0 - ss_res / ss_tot
+    };
+    Some(LogFit { a, b, r2 })
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    runs: Vec<StormResult>,
+    rpcs_fit: Option<LogFit>,
+    hops_fit: Option<LogFit>,
+    sweep_seconds: f64,
+}
+
+/// Runs `peerchat bench registrations`.
+pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
+    if args.worker {
+        return run_worker();
+    }
+    if args.nodes.is_empty() || args.nodes.contains(&0) {
+        bail!("--nodes needs one or more counts above 0, e.g. --nodes 10,20,40");
+    }
+    let sweep = Instant::now();
+    let mut runs = Vec::new();
+    for &n in &args.nodes {
+        let r = if args.sim {
+            sim::run(n, &args)?
+        } else {
+            storm(n, &args).with_context(|| format!("the storm of {n} users"))?
+        };
+        eprint!("\r\x1b[K");
+        println!("{}", line(&r));
+        if !r.errors.is_empty() {
+            for e in r.errors.iter().take(5) {
+                println!("    {e}");
+            }
+        }
+        runs.push(r);
+    }
+    let rpcs: Vec<(f64, f64)> = runs.iter().map(|r| (r.n as f64, r.rpcs_per_node)).collect();
+    let hops: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|r| Some((r.n as f64, r.hops_p50?)))
+        .collect();
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        rpcs_fit: fit_log2(&rpcs),
+        hops_fit: fit_log2(&hops),
+        sweep_seconds: sweep.elapsed().as_secs_f64(),
+        runs,
+    };
+    if let Some(f) = &report.rpcs_fit {
+        println!(
+            "RPCs per user = {:.1} + {:.2}·log2(n)   R² = {:.3}",
+            f.a, f.b, f.r2
+        );
+    }
+    if let Some(f) = &report.hops_fit {
+        println!(
+            "lookup hops p50 = {:.2} + {:.2}·log2(n)   R² = {:.3}",
+            f.a, f.b, f.r2
+        );
+    }
+    println!("whole sweep: {:.1} s", report.sweep_seconds);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(
+            path,
+            &report.runs,
+            report.rpcs_fit.as_ref(),
+            report.hops_fit.as_ref(),
+        )?;
+    }
+    let failed: Vec<usize> = report
+        .runs
+        .iter()
+        .filter(|r| !r.success())
+        .map(|r| r.n)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the storm did not fully succeed for n = {failed:?} (see above)");
+    }
+    Ok(())
+}
+
+fn line(r: &StormResult) -> String {
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    format!(
+        "n={:<6} {:>4}: storm {:>6.2} s (joins {:.2} s), total {:>6.2} s, {:>6.1} RPCs/user ({:.0} with the check), unregistered {}, contacts min/p50 {}/{}, hops p50/p99 {}/{}, resolved {}/{}, delivered {}/{}, whois p50 {} ms p99 {} ms, peak {:.0} KiB/user (RSS +{:.0}), CPU {:.1} ms/user, {} fds max, {} workers",
+        r.n,
+        r.mode,
+        r.registered_seconds,
+        r.join_seconds,
+        r.total_seconds,
+        r.rpcs_per_node,
+        r.rpcs_per_node_total,
+        r.join_failures + r.announce_failures,
+        r.contacts_min,
+        r.contacts_p50,
+        opt(r.hops_p50, 0),
+        opt(r.hops_p99, 0),
+        r.resolved,
+        r.resolutions,
+        r.delivered,
+        r.messages,
+        opt(r.name_lookup_ms.p50, 2),
+        opt(r.name_lookup_ms.p99, 2),
+        r.peak_memory_per_node_kib,
+        r.rss_delta_per_node_kib,
+        r.cpu_seconds_per_node * 1e3,
+        r.fd_peak,
+        r.workers,
+    )
+}
+
+fn default_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn bar(label: &str, frac: f64, extra: &str) {
+    let mut err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    let width = 30;
+    let full = ((frac.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    let _ = write!(
+        err,
+        "\r\x1b[K{label} [{}{}] {:>3.0}% {extra}",
+        "#".repeat(full),
+        "-".repeat(width - full),
+        frac.clamp(0.0, 1.0) * 100.0
+    );
+    let _ = err.flush();
+}
+
+fn ms_of(samples: &mut [f64]) -> Millis {
+    samples.sort_by(f64::total_cmp);
+    Millis {
+        p50: percentile(samples, 50.0),
+        p99: percentile(samples, 99.0),
+        max: samples.last().copied(),
+    }
+}
+
+/// One storm of `n` real users.
+fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
+    let n32 = u32::try_from(n).map_err(|_| anyhow!("too many users: {n}"))?;
+    if n32 >= 1 << 20 {
+        bail!("at most {} users", 1 << 20);
+    }
+    let base = args.dir.clone().unwrap_or_else(default_dir);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("peerchat-storm-{n}-"))
+        .tempdir_in(&base)
+        .with_context(|| format!("making a directory in {}", base.display()))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
+    let port: u16 = rand::rng().random_range(10_000..30_000);
+    let per = args.users_per_worker.max(1);
+    let nw = n.div_ceil(per);
+    let mut workers = Workers::spawn(nw)?;
+    let worker_of = |i: u32| i as usize % nw;
+    let label = format!("n={n}");
+
+    // 1. Setup.
+    let setup = Instant::now();
+    for w in 0..nw {
+        let users = (0..n32).filter(|&i| worker_of(i) == w).collect();
+        workers.send(
+            w,
+            &Cmd::Setup {
+                users,
+                k: args.k,
+                alpha: args.alpha,
+                port,
+                dir: dir.path().to_path_buf(),
+            },
+        )?;
+    }
+    let mut keys: HashMap<u32, String> = HashMap::new();
+    let setup_budget = Duration::from_secs(60 + n as u64 / 20);
+    for r in workers.collect(&workers.all(), setup_budget, |t| {
+        bar(
+            &label,
+            t / (n as f64 * 0.002 / nw as f64 + 0.5),
+            "creating users",
+        )
+    })? {
+        if let Reply::Ready { keys: k } = r {
+            keys.extend(k);
+        }
+    }
+    let setup_seconds = setup.elapsed().as_secs_f64();
+
+    // 2. The storm.
+    let start_unix_ms = unix_ms() + 200;
+    let expect_join = n as f64 * args.join_interval_ms as f64 / 1e3;
+    for w in 0..nw {
+        workers.send(
+            w,
+            &Cmd::Join {
+                start_unix_ms,
+                interval_ms: args.join_interval_ms,
+            },
+        )?;
+    }
+    let budget = Duration::from_secs_f64(120.0 + expect_join * 4.0);
+    let mut res = StormResult {
+        n,
+        mode: "real".into(),
+        k: args.k,
+        alpha: args.alpha,
+        workers: nw,
+        setup_seconds,
+        ..StormResult::default()
+    };
+    let mut last = start_unix_ms;
+    for r in workers.collect(&workers.all(), budget, |t| {
+        bar(&label, t / expect_join.max(0.1), "logins")
+    })? {
+        if let Reply::Joined {
+            failures,
+            done_unix_ms,
+        } = r
+        {
+            res.join_failures += failures.len();
+            res.errors.extend(failures.into_iter().take(5));
+            last = last.max(done_unix_ms);
+        }
+    }
+    res.join_seconds = (last.saturating_sub(start_unix_ms)) as f64 / 1e3;
+    for w in 0..nw {
+        workers.send(w, &Cmd::Announce)?;
+    }
+    let expect_announce = expect_join * 0.5 + 1.0;
+    let mut storm_sent = [0u64; 7];
+    let mut contacts: Vec<usize> = Vec::new();
+    for r in workers.collect(&workers.all(), budget, |t| {
+        bar(&label, t / expect_announce, "announcing")
+    })? {
+        if let Reply::Announced {
+            failed,
+            done_unix_ms,
+            sent,
+            contacts: c,
+        } = r
+        {
+            contacts.extend(c);
+            for (a, b) in storm_sent.iter_mut().zip(sent) {
+                *a += b;
+            }
+            res.announce_failures += failed.len();
+            res.errors.extend(
+                failed
+                    .iter()
+                    .take(5)
+                    .map(|i| format!("user {i} never registered")),
+            );
+            last = last.max(done_unix_ms);
+        }
+    }
+    res.registered_seconds = (last.saturating_sub(start_unix_ms)) as f64 / 1e3;
+    contacts.sort_unstable();
+    res.contacts_min = contacts.first().copied().unwrap_or(0);
+    res.contacts_p50 = contacts.get(contacts.len() / 2).copied().unwrap_or(0);
+
+    // 3. The check.
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    if n <= 20 {
+        for a in 0..n32 {
+            for b in a + 1..n32 {
+                pairs.push((a, b));
+            }
+        }
+    } else {
+        let mut seen = BTreeSet::new();
+        while pairs.len() < args.pairs.min(n * (n - 1) / 2) {
+            let a = rng.random_range(0..n32);
+            let b = rng.random_range(0..n32);
+            if a != b && seen.insert((a.min(b), a.max(b))) {
+                pairs.push((a, b));
+            }
+        }
+    }
+    pairs.shuffle(&mut rng);
+    let nonce: u64 = rng.random();
+    let ops: Vec<Op> = pairs
+        .iter()
+        .flat_map(|&(a, b)| [(a, b), (b, a)])
+        .map(|(from, to)| Op {
+            from,
+            to,
+            key: keys.get(&to).cloned().unwrap_or_default(),
+            text: format!("storm {nonce:x}: {from} to {to}"),
+        })
+        .collect();
+    let by = |f: &dyn Fn(&Op) -> u32| {
+        let mut groups: Vec<Vec<Op>> = vec![Vec::new(); nw];
+        for op in &ops {
+            groups[worker_of(f(op))].push(op.clone());
+        }
+        groups
+    };
+    let by_from = by(&|o: &Op| o.from);
+    let by_to = by(&|o: &Op| o.to);
+    let busy = |g: &[Vec<Op>]| -> Vec<usize> { (0..nw).filter(|&w| !g[w].is_empty()).collect() };
+    let check_budget = Duration::from_secs(120);
+    for &w in &busy(&by_from) {
+        workers.send(
+            w,
+            &Cmd::Resolve {
+                ops: by_from[w].clone(),
+            },
+        )?;
+    }
+    let mut lookup_ms = Vec::new();
+    let mut hops = Vec::new();
+    for r in workers.collect(&busy(&by_from), check_budget, |t| {
+        bar(&label, t / 5.0, "resolving names")
+    })? {
+        if let Reply::Resolved {
+            ok,
+            micros,
+            hops: h,
+            errors,
+        } = r
+        {
+            res.resolutions += ok.len();
+            res.resolved += ok.iter().filter(|&&g| g).count();
+            lookup_ms.extend(micros.iter().map(|&us| us as f64 / 1e3));
+            hops.extend(h.into_iter().map(f64::from));
+            res.errors.extend(errors.into_iter().take(5));
+        }
+    }
+    res.name_lookup_ms = ms_of(&mut lookup_ms);
+    hops.sort_by(f64::total_cmp);
+    res.hops_p50 = percentile(&hops, 50.0);
+    res.hops_p99 = percentile(&hops, 99.0);
+    res.hop_samples = hops.len();
+    for &w in &busy(&by_from) {
+        workers.send(
+            w,
+            &Cmd::Send {
+                ops: by_from[w].clone(),
+            },
+        )?;
+    }
+    for r in workers.collect(&busy(&by_from), check_budget, |t| {
+        bar(&label, t / 5.0, "sending")
+    })? {
+        if let Reply::Sent { errors } = r {
+            res.errors.extend(errors.into_iter().take(5));
+        }
+    }
+    for &w in &busy(&by_to) {
+        workers.send(
+            w,
+            &Cmd::Await {
+                ops: by_to[w].clone(),
+                timeout_ms: 30_000,
+            },
+        )?;
+    }
+    for r in workers.collect(&busy(&by_to), check_budget, |t| {
+        bar(&label, t / 5.0, "awaiting messages")
+    })? {
+        if let Reply::Arrived { arrived } = r {
+            res.messages += arrived.len();
+            res.delivered += arrived.iter().filter(|&&a| a).count();
+        }
+    }
+    res.total_seconds = (unix_ms().saturating_sub(start_unix_ms)) as f64 / 1e3;
+
+    // 4. Counters.
+    for w in 0..nw {
+        workers.send(w, &Cmd::Finish)?;
+    }
+    let mut sent = [0u64; 7];
+    let mut timeouts = 0;
+    let (mut peak, mut delta, mut cpu) = (0.0, 0.0, 0.0);
+    // Per 100 ms bucket: (queries sent, node-seconds).
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for r in workers.collect(&workers.all(), check_budget, |_| {
+        bar(&label, 1.0, "counting")
+    })? {
+        if let Reply::Finished(f) = r {
+            for (a, b) in sent.iter_mut().zip(f.sent) {
+                *a += b;
+            }
+            timeouts += f.timeouts;
+            peak += f.vmhwm_kib.saturating_sub(f.rss_base_kib) as f64;
+            delta += f.rss_end_kib.saturating_sub(f.rss_base_kib) as f64;
+            cpu += f.cpu_seconds;
+            res.fd_peak = res.fd_peak.max(f.fd_peak);
+            for pair in f.samples.windows(2) {
+                let (s0, s1) = (pair[0], pair[1]);
+                let dt = s1.t_unix_ms.saturating_sub(s0.t_unix_ms) as f64 / 1e3;
+                if dt <= 0.0 || s1.nodes == 0 {
+                    continue;
+                }
+                let b = (s1.t_unix_ms.saturating_sub(start_unix_ms) + 50) / 100;
+                let e = buckets.entry(b).or_default();
+                e.0 += s1.sent.saturating_sub(s0.sent) as f64;
+                e.1 += f64::from(s1.nodes) * dt;
+            }
+        }
+    }
+    drop(workers);
+    let nf = n as f64;
+    res.rpcs_per_node_total = sent.iter().sum::<u64>() as f64 / nf;
+    res.rpcs_per_node = storm_sent.iter().sum::<u64>() as f64 / nf;
+    res.rpcs_per_node_by_method = peerchat_kad::stats::METHODS
+        .iter()
+        .zip(storm_sent)
+        .filter(|(_, c)| *c > 0)
+        .map(|(m, c)| (m.to_string(), c as f64 / nf))
+        .collect();
+    res.timeouts_per_node = timeouts as f64 / nf;
+    res.peak_memory_per_node_kib = peak / nf;
+    res.rss_delta_per_node_kib = delta / nf;
+    res.cpu_seconds_per_node = cpu / nf;
+    res.rpc_rate = buckets
+        .into_iter()
+        .filter(|(_, (_, ns))| *ns > 0.0)
+        .map(|(b, (q, ns))| (b as f64 / 10.0, q / ns))
+        .collect();
+    res.rpc_rate_peak = res.rpc_rate.iter().map(|p| p.1).fold(0.0, f64::max);
+    res.errors.truncate(20);
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_distinct_loopback() {
+        let mut seen = BTreeSet::new();
+        for i in 0..70_000u32 {
+            let a = user_addr(i, 4000);
+            assert!(a.ip().is_loopback(), "{a}");
+            assert!(seen.insert(a), "{a} twice");
+        }
+    }
+
+    #[test]
+    fn fit_recovers_a_log_line() {
+        let pts: Vec<(f64, f64)> = [10.0, 20.0, 40.0, 80.0]
+            .iter()
+            .map(|&n: &f64| (n, 3.0 + 2.0 * n.log2()))
+            .collect();
+        let f = fit_log2(&pts).expect("fit");
+        assert!(
+            (f.a - 3.0).abs() < 1e-9 && (f.b - 2.0).abs() < 1e-9,
+            "{f:?}"
+        );
+        assert!((f.r2 - 1.0).abs() < 1e-9);
+        assert!(fit_log2(&pts[..1]).is_none());
+    }
+}

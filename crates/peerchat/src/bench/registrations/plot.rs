@@ -1,0 +1,210 @@
+//! The storm's two figures, as SVG (plotters' SVG backend writes text as
+//! `<text>` elements: no font is needed to draw them).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use super::{LogFit, StormResult};
+
+const COLORS: [RGBColor; 12] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(100, 100, 255),
+];
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing the plot: {e}")
+}
+
+/// `FILE-scaling.svg` next to `FILE.svg`.
+pub(crate) fn scaling_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "storm".into());
+    path.with_file_name(format!("{stem}-scaling.svg"))
+}
+
+/// Draws RPCs per second per node over time to `path`, and RPCs per node and
+/// hops against n to [`scaling_path`].
+pub(crate) fn draw(
+    path: &Path,
+    runs: &[StormResult],
+    rpcs_fit: Option<&LogFit>,
+    hops_fit: Option<&LogFit>,
+) -> Result<()> {
+    rate_over_time(path, runs)?;
+    scaling(&scaling_path(path), runs, rpcs_fit, hops_fit)
+}
+
+fn rate_over_time(path: &Path, runs: &[StormResult]) -> Result<()> {
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let t_max = runs
+        .iter()
+        .flat_map(|r| r.rpc_rate.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let y_max = runs.iter().map(|r| r.rpc_rate_peak).fold(1.0, f64::max) * 1.05;
+    let mode = runs.first().map(|r| r.mode.as_str()).unwrap_or("real");
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Registration storm: RPCs per second per node ({mode})"),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the first login")
+        .y_desc("RPCs sent per second per node")
+        .draw()
+        .map_err(err)?;
+    for (j, r) in runs.iter().enumerate() {
+        let color = COLORS[j % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                r.rpc_rate.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(format!("n = {}", r.n))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn scaling(
+    path: &Path,
+    runs: &[StormResult],
+    rpcs_fit: Option<&LogFit>,
+    hops_fit: Option<&LogFit>,
+) -> Result<()> {
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let n_min = runs.iter().map(|r| r.n).min().unwrap_or(10).max(1) as f64;
+    let n_max = runs.iter().map(|r| r.n).max().unwrap_or(10).max(2) as f64;
+    let rpc_max = runs.iter().map(|r| r.rpcs_per_node).fold(1.0, f64::max) * 1.15;
+    let hop_max = runs
+        .iter()
+        .filter_map(|r| r.hops_p99)
+        .fold(1.0, f64::max)
+        .max(4.0)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "RPCs per user and lookup hops against n (log scale)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d((n_min * 0.8..n_max * 1.25).log_scale(), 0f64..rpc_max)
+        .map_err(err)?
+        .set_secondary_coord((n_min * 0.8..n_max * 1.25).log_scale(), 0f64..hop_max);
+    chart
+        .configure_mesh()
+        .x_desc("users n")
+        .y_desc("RPCs sent per user")
+        .draw()
+        .map_err(err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("lookup hops")
+        .draw()
+        .map_err(err)?;
+    let blue = COLORS[0];
+    let orange = COLORS[1];
+    let xs: Vec<f64> = {
+        let steps = 60;
+        (0..=steps)
+            .map(|s| n_min * (n_max / n_min).powf(s as f64 / steps as f64))
+            .collect()
+    };
+    chart
+        .draw_series(
+            runs.iter()
+                .map(|r| Circle::new((r.n as f64, r.rpcs_per_node), 5, blue.filled())),
+        )
+        .map_err(err)?
+        .label("RPCs per user")
+        .legend(move |(x, y)| Circle::new((x + 9, y), 5, blue.filled()));
+    if let Some(f) = rpcs_fit {
+        chart
+            .draw_series(LineSeries::new(
+                xs.iter().map(|&n| (n, f.a + f.b * n.log2())),
+                blue.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!("{:.1} + {:.2}·log2(n), R² = {:.3}", f.a, f.b, f.r2))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue));
+    }
+    chart
+        .draw_secondary_series(runs.iter().filter_map(|r| {
+            Some(TriangleMarker::new(
+                (r.n as f64, r.hops_p50?),
+                6,
+                orange.filled(),
+            ))
+        }))
+        .map_err(err)?
+        .label("lookup hops p50 (right axis)")
+        .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, orange.filled()));
+    chart
+        .draw_secondary_series(runs.iter().filter_map(|r| {
+            Some(Cross::new(
+                (r.n as f64, r.hops_p99?),
+                5,
+                orange.stroke_width(2),
+            ))
+        }))
+        .map_err(err)?
+        .label("lookup hops p99 (right axis)")
+        .legend(move |(x, y)| Cross::new((x + 9, y), 5, orange.stroke_width(2)));
+    if let Some(f) = hops_fit {
+        chart
+            .draw_secondary_series(LineSeries::new(
+                xs.iter().map(|&n| (n, f.a + f.b * n.log2())),
+                orange.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!(
+                "hops p50 {:.2} + {:.2}·log2(n), R² = {:.3}",
+                f.a, f.b, f.r2
+            ))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], orange));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `peerchat bench registrations` end to end: tiny storms of real users (in a
+//! worker process of the binary) and of simulated ones, checked through the JSON
+//! report.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn storm(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("storm.json");
+    let plot = dir.path().join("storm.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .args(["bench", "registrations"])
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("running peerchat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "peerchat bench registrations {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report was written"))
+            .expect("valid JSON");
+    // Both figures are drawn, with their text.
+    for svg in [plot.clone(), dir.path().join("storm-scaling.svg")] {
+        let text = std::fs::read_to_string(&svg).expect("plot written");
+        assert!(text.starts_with("<svg"), "{}", svg.display());
+        assert!(text.contains("<text"), "{} has no labels", svg.display());
+    }
+    report
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn tiny_real_storms_register_resolve_and_deliver_everything() {
+    let report = storm(&["--nodes", "10,20", "--seed", "5"]);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for (run, n) in runs.iter().zip([10.0, 20.0]) {
+        assert_eq!(num(run, "n"), n);
+        assert_eq!(run["mode"], "real");
+        // Every pair, both ways.
+        let checks = n * (n - 1.0);
+        assert_eq!(num(run, "resolutions"), checks, "{run}");
+        assert_eq!(num(run, "resolved"), checks, "{run}");
+        assert_eq!(num(run, "messages"), checks, "{run}");
+        assert_eq!(num(run, "delivered"), checks, "{run}");
+        assert_eq!(num(run, "join_failures"), 0.0, "{run}");
+        assert_eq!(num(run, "announce_failures"), 0.0, "{run}");
+        assert!(num(run, "rpcs_per_node") > 0.0, "{run}");
+        assert!(num(run, "rpcs_per_node_total") >= num(run, "rpcs_per_node"));
+        assert!(num(run, "registered_seconds") > 0.0);
+        assert!(num(run, "total_seconds") >= num(run, "registered_seconds"));
+        assert!(num(run, "fd_peak") > n, "{run}");
+        assert!(!run["rpc_rate"].as_array().expect("rate").is_empty());
+        assert!(run["name_lookup_ms"]["p50"].as_f64().is_some());
+    }
+    assert!(report["rpcs_fit"]["r2"].as_f64().is_some());
+}
+
+#[test]
+fn tiny_simulated_storm_resolves_every_name() {
+    let report = storm(&["--sim", "--nodes", "30,60", "--pairs", "20"]);
+    for run in report["runs"].as_array().expect("runs") {
+        assert_eq!(run["mode"], "sim");
+        assert_eq!(num(run, "resolutions"), 20.0, "{run}");
+        assert_eq!(num(run, "resolved"), 20.0, "{run}");
+        assert_eq!(num(run, "announce_failures"), 0.0, "{run}");
+        assert!(num(run, "rpcs_per_node") > 0.0);
+    }
+}

@@ -655,3 +655,61 @@ fn whois_box() -> Reply {
         }),
     }
 }
+
+#[test]
+fn wide_characters_keep_columns() {
+    let mut app = chat_app();
+    app.messages = vec![msg("10", "carol", true, &"漢字".repeat(30), "delivered", T)];
+    let rows = rows(&render(&app, COLOR, 80, 24));
+    // Wrapped by columns (wide characters take two): nothing is cut off at
+    // the pane's edge, and the state ends the last row at the border.
+    let shown: usize = rows
+        .iter()
+        .map(|r| r.chars().filter(|c| *c == '漢' || *c == '字').count())
+        .sum();
+    assert_eq!(shown, 60, "{rows:#?}");
+    let last = rows
+        .iter()
+        .rev()
+        .find(|r| r.contains("delivered"))
+        .map(String::as_str)
+        .unwrap_or("");
+    assert!(last.contains("delivered│"), "{rows:#?}");
+    // The input line scrolls by columns too.
+    app.input.set(&"字".repeat(100));
+    let rows = super::tests::rows(&render(&app, COLOR, 80, 24));
+    // (The test buffer shows a wide character's second column as a space.)
+    assert!(rows[21].starts_with("│字 字"), "{:?}", rows[21]);
+    assert_eq!(rows[21].chars().filter(|c| *c == '字').count(), 38);
+}
+
+#[test]
+fn any_size_draws() {
+    let mut screens = vec![chat_app()];
+    let mut help = chat_app();
+    help.help = true;
+    screens.push(help);
+    let mut boxed = chat_app();
+    boxed.on_reply(whois_box());
+    screens.push(boxed);
+    for step in [
+        SetupStep::Name,
+        SetupStep::Choice,
+        SetupStep::Address,
+        SetupStep::Rejoin,
+    ] {
+        let mut s = App::new();
+        s.screen = Screen::Setup(step);
+        screens.push(s);
+    }
+    let mut fatal = App::new();
+    fatal.screen = Screen::Fatal("cannot listen".into());
+    screens.push(fatal);
+    screens.push(App::new());
+    for app in &screens {
+        for (w, h) in [(1, 1), (10, 4), (30, 8), (59, 12), (80, 24), (200, 60)] {
+            let buf = render(app, COLOR, w, h);
+            assert_eq!(buf.area.width, w);
+        }
+    }
+}

@@ -83,8 +83,29 @@ fn clean(text: &str) -> String {
     crate::chat_cmd::safe(text).replace('\t', "    ")
 }
 
+/// Columns a text takes on a terminal (wide characters take two).
 fn width_of(s: &str) -> usize {
-    s.chars().count()
+    Span::raw(s).width()
+}
+
+fn char_width(c: char) -> usize {
+    let mut buf = [0u8; 4];
+    width_of(c.encode_utf8(&mut buf))
+}
+
+/// The longest start of `s` at most `cols` wide (at least one character, so that wrapping ends).
+fn split_cols(s: &str, cols: usize) -> (String, String) {
+    let mut used = 0;
+    let mut at = s.len();
+    for (i, c) in s.char_indices() {
+        let w = char_width(c);
+        if used + w > cols && i > 0 {
+            at = i;
+            break;
+        }
+        used += w;
+    }
+    (s[..at].to_string(), s[at..].to_string())
 }
 
 /// Greedy word wrap: the first row is `first` wide, the others `rest`; words
@@ -116,8 +137,8 @@ pub(crate) fn wrap(text: &str, first: usize, rest: usize) -> Vec<String> {
                     continue;
                 }
                 // A word longer than the row: cut it.
-                let head: String = word.chars().take(room).collect();
-                word = word.chars().skip(room).collect();
+                let (head, rest) = split_cols(&word, room);
+                word = rest;
                 rows.push(head);
                 if word.is_empty() {
                     break;
@@ -262,13 +283,30 @@ fn notice_line(app: &App, t: &Theme) -> Line<'static> {
     }
 }
 
-/// An input line `w` wide showing the cursor: returns the visible text and the cursor column.
+/// An input line `w` columns wide showing the cursor: returns the visible
+/// text and the cursor's column.
 fn visible_input(app: &App, w: usize) -> (String, usize) {
     let w = w.max(2);
-    let cursor = app.input.cursor;
-    let start = cursor.saturating_sub(w - 1);
-    let shown: String = app.input.text.chars().skip(start).take(w).collect();
-    (shown, cursor - start)
+    let chars: Vec<char> = app.input.text.chars().collect();
+    let cursor = app.input.cursor.min(chars.len());
+    // Start as far left as keeps the cursor (and one column for it) in view.
+    let mut start = cursor;
+    let mut before = 0;
+    while start > 0 && before + char_width(chars[start - 1]) < w {
+        start -= 1;
+        before += char_width(chars[start]);
+    }
+    let mut shown = String::new();
+    let mut used = 0;
+    for &c in &chars[start..] {
+        let cw = char_width(c);
+        if used + cw > w {
+            break;
+        }
+        used += cw;
+        shown.push(c);
+    }
+    (shown, before)
 }
 
 fn draw_setup(f: &mut Frame, app: &App, t: &Theme, area: Rect, step: SetupStep) {
@@ -422,7 +460,7 @@ fn draw_list(f: &mut Frame, app: &App, t: &Theme, r: Rect) {
             String::new()
         };
         let room = w.saturating_sub(width_of(&count) + 1);
-        let mut shown: String = clean(&name).chars().take(room).collect();
+        let (mut shown, _) = split_cols(&clean(&name), room);
         let pad = w.saturating_sub(1 + width_of(&shown) + width_of(&count));
         shown = format!(" {shown}{}{count}", " ".repeat(pad));
         let style = if app.open.as_deref() == Some(name.as_str()) {

@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use peerchat_node::api::{self, ApiClient, ApiServer};
 use peerchat_node::chat::{self, ChatConfig, ChatNode};
-use peerchat_node::datadir::{DataDir, IDENTITY_FILE};
+use peerchat_node::datadir::{ApiInfo, DataDir, IDENTITY_FILE};
 use ratatui::crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -126,6 +126,8 @@ struct Controller {
     nodes: mpsc::UnboundedSender<NodeMsg>,
     nodes_rx: mpsc::UnboundedReceiver<NodeMsg>,
     events: Option<JoinHandle<()>>,
+    /// Attached to another process's node: its `api.json`.
+    attached: Option<ApiInfo>,
 }
 
 enum Wake {
@@ -150,6 +152,7 @@ impl Controller {
             nodes,
             nodes_rx,
             events: None,
+            attached: None,
         }
     }
 
@@ -187,7 +190,12 @@ impl Controller {
             };
             let reqs = match wake {
                 Wake::Term(ev) => app.on_event(ev),
-                Wake::Reply(r) => app.on_reply(r),
+                Wake::Reply(r) => {
+                    if matches!(r, Reply::Status(Err(_))) {
+                        self.reattach();
+                    }
+                    app.on_reply(r)
+                }
                 Wake::Node(m) => self.on_node(m, &mut app),
                 Wake::Tick => app.on_tick(),
                 Wake::Signal => return Ok(()),
@@ -222,6 +230,7 @@ impl Controller {
     fn on_node(&mut self, m: NodeMsg, app: &mut App) -> Vec<Request> {
         match m {
             NodeMsg::Probed(Some(c)) => {
+                self.attached = DataDir::read_api_info(&self.dir).ok();
                 self.use_client(c.with_timeout(Duration::from_secs(60)));
                 app.on_reply(Reply::Attached)
             }
@@ -254,6 +263,23 @@ impl Controller {
                 })
             }
         }
+    }
+
+    /// Attached to another process's node that stopped answering: if a node
+    /// runs on the data dir again (another address or token in `api.json`),
+    /// talk to that one.
+    fn reattach(&mut self) {
+        if self.node.is_some() {
+            return;
+        }
+        let Ok(info) = DataDir::read_api_info(&self.dir) else {
+            return;
+        };
+        if self.attached.as_ref() == Some(&info) {
+            return;
+        }
+        self.attached = Some(info.clone());
+        self.use_client(ApiClient::new(info.addr, info.token));
     }
 
     /// Talks to the node through `client` from now on, and follows its events.
@@ -484,6 +510,17 @@ async fn call(c: ApiClient, req: Request) -> Reply {
     }
 }
 
+/// This machine's address on its default route (what others on the network
+/// most likely reach it at), found by connecting a UDP socket, which sends
+/// nothing. `None` without a route.
+fn outbound_ip() -> Option<String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // A documentation address (RFC 5737): only the route to it matters.
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then(|| ip.to_string())
+}
+
 /// A node started by [`start_node`].
 struct Started {
     node: ChatNode,
@@ -534,7 +571,7 @@ async fn start_node(
     };
     let at = node.listen_addr();
     let ip = if at.ip().is_unspecified() {
-        "THIS_MACHINE_IP".to_string()
+        outbound_ip().unwrap_or_else(|| "THIS_MACHINE_IP".to_string())
     } else {
         at.ip().to_string()
     };

@@ -88,10 +88,22 @@ pub(crate) async fn send_text(
         .events
         .send(ChatEvent::Message(view_of(inner, &stored).await));
     // Durable now: stream it on the peer's link, or leave it to the outbox worker.
-    if !super::link::send(inner, env).await {
-        // Not online (or no link): due now for the worker, which relays it.
-        let _ = inner.db.outbox_reschedule(id.0, now as i64).await;
-        inner.outbox_wake.notify_one();
+    // Opening a link means a presence lookup and a connect, seconds when the
+    // peer is away (found by the netns partition test: each send then took
+    // ~3 s), so that happens in the background and the answer does not wait.
+    let up = inner.links.lock().await.is_up(&key);
+    let inner = inner.clone();
+    let attempt = async move {
+        if !super::link::send(&inner, env).await {
+            // Not online (or no link): due now for the worker, which relays it.
+            let _ = inner.db.outbox_reschedule(id.0, now as i64).await;
+            inner.outbox_wake.notify_one();
+        }
+    };
+    if up {
+        attempt.await;
+    } else {
+        tokio::spawn(attempt);
     }
     Ok(id.to_hex())
 }

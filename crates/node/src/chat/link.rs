@@ -38,6 +38,11 @@ impl Links {
     pub(crate) fn in_flight(&self, id: &MessageId) -> bool {
         self.in_flight.contains_key(id)
     }
+
+    /// Whether a link to `peer` is up (sending on it does not wait for the network).
+    pub(crate) fn is_up(&self, peer: &UserKey) -> bool {
+        self.links.contains_key(peer)
+    }
 }
 
 /// Sends `env` on the link to its recipient, opening one if needed. Returns

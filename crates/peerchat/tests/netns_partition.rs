@@ -658,8 +658,7 @@ fn partition_heal_and_new_address() {
     lab.cut(&half_a);
     let cut_at = Instant::now();
     // Each host writes to the other side (twice to each) and to one host of
-    // its own side, all hosts at once (a send to an unreachable peer takes a
-    // few seconds: the node first tries to open a session).
+    // its own side, all hosts at once.
     let mut sent: BTreeMap<String, Sent> = BTreeMap::new();
     thread::scope(|s| {
         let nodes = &nodes;

@@ -6,16 +6,18 @@ use std::str::FromStr;
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::names::Username;
 use crate::wire::{self, byte_array, from_hex, to_hex};
 
 /// Largest message text, in UTF-8 bytes.
 ///
-/// Budget: an encoded envelope must fit [`crate::MAX_ENVELOPE`] (1,200) bytes so that a
+/// Budget: an encoded envelope must fit [`crate::MAX_ENVELOPE`] (1,240) bytes so that a
 /// relayed envelope still fits a 1,500-byte UDP datagram with KRPC's overhead. The
 /// envelope's fixed fields take at most 189 bytes (version 1, id 16, sender 32,
 /// recipient 32, timestamp varint up to 10, ephemeral key 32, ciphertext length
 /// varint 2, signature 64), the AEAD tag 16, and a text content's own framing at most
-/// 20 (variant 1, length 2, reply-to 17): 1,200 - 225 = 975. 960 keeps a margin.
+/// 20 (variant 1, length 2, reply-to 17) plus the sender's name at most 34 (option 1,
+/// length 1, 32 bytes): 1,240 - 259 = 981. 960 keeps a margin.
 pub const MAX_TEXT_BYTES: usize = 960;
 
 /// Most message ids in one receipt (16 bytes each; 60 fit the envelope budget).
@@ -91,6 +93,11 @@ pub enum Content {
         text: String,
         /// The message this one answers, if any.
         reply_to: Option<MessageId>,
+        /// The name the sender holds, so that a recipient who does not know
+        /// them yet can show it. Only a claim: the recipient shows it after
+        /// the network's name record confirms it belongs to the sender's key.
+        /// Inside the ciphertext, so relays do not learn it.
+        sender_name: Option<String>,
     },
     /// The recipient has received (and stored) these messages.
     Delivered {
@@ -127,6 +134,16 @@ impl Content {
         Content::Text {
             text: text.into(),
             reply_to: None,
+            sender_name: None,
+        }
+    }
+
+    /// A text message that answers nothing, signed with the sender's name.
+    pub fn text_from(text: impl Into<String>, sender_name: &Username) -> Content {
+        Content::Text {
+            text: text.into(),
+            reply_to: None,
+            sender_name: Some(sender_name.as_str().to_string()),
         }
     }
 
@@ -136,6 +153,10 @@ impl Content {
             Content::Text { text, .. } if text.len() > MAX_TEXT_BYTES => {
                 Err(ContentError::TextTooLong(text.len()))
             }
+            Content::Text {
+                sender_name: Some(n),
+                ..
+            } if Username::new(n).is_err() => Err(ContentError::Malformed("invalid sender name")),
             Content::Text { .. } => Ok(()),
             Content::Delivered { ids } | Content::Read { ids } => match ids.len() {
                 0 => Err(ContentError::NoIds),
@@ -170,8 +191,19 @@ mod tests {
         let c = Content::Text {
             text: "héllo".into(),
             reply_to: Some(MessageId([3; 16])),
+            sender_name: Some("alice".into()),
         };
         assert_eq!(Content::from_bytes(&c.to_bytes()), Ok(c));
+        // A sender name that no one could hold is refused.
+        let bad = Content::Text {
+            text: "hi".into(),
+            reply_to: None,
+            sender_name: Some("Not A Name!".into()),
+        };
+        assert!(matches!(
+            Content::from_bytes(&bad.to_bytes()),
+            Err(ContentError::Malformed(_))
+        ));
         let r = Content::Read {
             ids: vec![MessageId([1; 16]); MAX_RECEIPT_IDS],
         };

@@ -28,7 +28,7 @@ use crate::wire::{self, byte_array};
 
 /// Largest encoded envelope, in bytes: with about 200 bytes of KRPC framing a relayed
 /// envelope still fits a 1,500-byte UDP datagram. See [`crate::MAX_TEXT_BYTES`].
-pub const MAX_ENVELOPE: usize = 1200;
+pub const MAX_ENVELOPE: usize = 1240;
 
 /// The first byte of an encoded envelope.
 pub const ENVELOPE_VERSION: u8 = 1;

@@ -38,6 +38,7 @@ fn seal_open_round_trip() {
         Content::Text {
             text: "re: ✓".into(),
             reply_to: Some(MessageId([5; 16])),
+            sender_name: Some("alice".into()),
         },
         Content::Delivered {
             ids: vec![MessageId([1; 16])],
@@ -187,10 +188,12 @@ fn largest_envelopes_fit_the_cap() {
         Content::Text {
             text: "x".repeat(MAX_TEXT_BYTES),
             reply_to: Some(MessageId([0xff; 16])),
+            sender_name: Some("a".repeat(32)),
         },
         Content::Text {
             text: "€".repeat(MAX_TEXT_BYTES / 3),
             reply_to: Some(MessageId([0xff; 16])),
+            sender_name: Some("z".repeat(32)),
         },
         Content::Read {
             ids: vec![MessageId([0xff; 16]); MAX_RECEIPT_IDS],

@@ -86,6 +86,32 @@ async fn direct_and_offline_delivery() {
     })
     .await;
 
+    // Bob never added alice: her message names her anyway, and bob's node
+    // checked that name against the network before pinning it to her key.
+    wait_for("bob knows the sender by name", || async {
+        b.inbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.id == id && m.from == "alice" && m.peer == "alice")
+    })
+    .await;
+    let alice_key = a.status().await.unwrap().key;
+    let pinned = b.contacts().await.unwrap();
+    assert!(
+        pinned
+            .iter()
+            .any(|c| c.name == "alice" && c.key == alice_key),
+        "alice pinned under her own key: {pinned:?}"
+    );
+    assert!(
+        b.history("alice", 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.id == id)
+    );
+
     // Offline: bob leaves; alice writes; bob comes back and gets it exactly once.
     let bob_dir = tmp.path().join("bob");
     bob.shutdown().await;

@@ -49,7 +49,7 @@ pub(crate) async fn send_text(
     if text.trim().is_empty() {
         return Err(ChatError::BadMessage("the message is empty".into()));
     }
-    let content = Content::text(text);
+    let content = Content::text_from(text, &inner.name);
     content
         .validate()
         .map_err(|e| ChatError::BadMessage(e.to_string()))?;
@@ -452,7 +452,9 @@ pub(crate) async fn deliver_incoming(
         .open(&inner.identity)
         .map_err(|e| ChatError::BadMessage(e.to_string()))?;
     match content {
-        Content::Text { text, .. } => {
+        Content::Text {
+            text, sender_name, ..
+        } => {
             let fresh = inner
                 .db
                 .insert_incoming(IncomingMessage {
@@ -463,13 +465,19 @@ pub(crate) async fn deliver_incoming(
                     received_ms: now_ms() as i64,
                 })
                 .await?;
-            if fresh
-                && inner.events.receiver_count() > 0
-                && let Ok(Some(stored)) = inner.db.message(env.id.0).await
-            {
-                let _ = inner
-                    .events
-                    .send(ChatEvent::Message(view_of(inner, &stored).await));
+            if fresh {
+                match sender_name {
+                    // Someone new: check the name they give against the
+                    // network before the message is shown under it.
+                    Some(name) if !directory::is_known(inner, &env.sender).await => {
+                        let (inner, id, sender) = (inner.clone(), env.id, env.sender);
+                        tokio::spawn(async move {
+                            directory::learn_name(&inner, sender, &name).await;
+                            announce_message(&inner, id).await;
+                        });
+                    }
+                    _ => announce_message(inner, env.id).await,
+                }
             }
             if relayed {
                 let inner = inner.clone();
@@ -501,6 +509,17 @@ pub(crate) async fn deliver_incoming(
         }
     }
     Ok(())
+}
+
+/// Tells event subscribers about a received message.
+async fn announce_message(inner: &Inner, id: MessageId) {
+    if inner.events.receiver_count() > 0
+        && let Ok(Some(stored)) = inner.db.message(id.0).await
+    {
+        let _ = inner
+            .events
+            .send(ChatEvent::Message(view_of(inner, &stored).await));
+    }
 }
 
 /// Tells the relays of our mailbox that these ids arrived (signed ack).

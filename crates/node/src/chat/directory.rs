@@ -215,6 +215,36 @@ pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, Chat
     resolve_and_pin(inner, name).await
 }
 
+/// Whether we already have a name for `key` (ours, a contact's, or one learned).
+pub(crate) async fn is_known(inner: &Inner, key: &UserKey) -> bool {
+    *key == inner.me
+        || inner.names.lock().await.contains_key(key)
+        || matches!(inner.db.contact(key.0).await, Ok(Some(_)))
+}
+
+/// A stranger wrote to us and says they are `name`: when the network's name
+/// record gives that name to their key, pin them as a contact under it (as
+/// `add` would), so that the conversation shows and answers under the name.
+/// A name the network gives to another key (an impersonation, or a name
+/// already pinned to someone else) is not used: the sender stays known by key.
+pub(crate) async fn learn_name(inner: &Inner, sender: UserKey, name: &str) {
+    let Ok(username) = Username::new(name) else {
+        return;
+    };
+    match resolve_network(inner, &username).await {
+        Ok(Some(key)) if key == sender => {
+            if let Err(e) = pin(inner, &username, key).await {
+                tracing::info!(%e, "not naming a new sender");
+            }
+        }
+        Ok(_) => tracing::warn!(
+            name = username.as_str(),
+            "a sender gave a name that the network gives to another key (or to no one)"
+        ),
+        Err(e) => tracing::info!(%e, "could not check a new sender's name"),
+    }
+}
+
 /// Resolves `name` on the network and pins its key (trust on first use); a key
 /// different from the pinned one is an error, never silently accepted.
 pub(crate) async fn resolve_and_pin(inner: &Inner, name: &str) -> Result<UserKey, ChatError> {
@@ -222,6 +252,12 @@ pub(crate) async fn resolve_and_pin(inner: &Inner, name: &str) -> Result<UserKey
     let key = resolve_network(inner, &username)
         .await?
         .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?;
+    pin(inner, &username, key).await
+}
+
+/// Pins `key` as the contact named `username`, unless that name is pinned to
+/// another key already (then [`ChatError::KeyChanged`]).
+async fn pin(inner: &Inner, username: &Username, key: UserKey) -> Result<UserKey, ChatError> {
     if let Some(c) = inner
         .db
         .contacts_named(username.as_str())

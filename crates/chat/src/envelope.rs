@@ -90,6 +90,11 @@ pub enum EnvelopeError {
     /// The signature does not verify against the sender key.
     #[error("envelope signature does not verify")]
     BadSignature,
+    /// The message id is not the one bound to the sender and the ephemeral key
+    /// (someone reusing another sender's id, to have the real message dropped
+    /// as a duplicate).
+    #[error("envelope message id is not bound to its sender")]
+    UnboundId,
     /// [`Envelope::open`] was called with an identity that is not the recipient.
     #[error("envelope is addressed to another user")]
     WrongRecipient,
@@ -118,11 +123,11 @@ impl Envelope {
         let recipient_x = recipient
             .x25519_public()
             .map_err(EnvelopeError::BadRecipient)?;
-        let id = MessageId::random(rng);
         let mut eph_secret = [0u8; 32];
         rng.fill_bytes(&mut eph_secret);
         let eph_secret = StaticSecret::from(eph_secret);
         let ephemeral = PublicKey::from(&eph_secret).to_bytes();
+        let id = bound_id(&sender.public(), &ephemeral);
         let shared = eph_secret.diffie_hellman(&PublicKey::from(recipient_x));
         if !shared.was_contributory() {
             return Err(EnvelopeError::BadRecipient(KeyError::WeakKey));
@@ -191,6 +196,9 @@ impl Envelope {
         if !self.sender.verifies(&self.signed_bytes(), &self.signature) {
             return Err(EnvelopeError::BadSignature);
         }
+        if self.id != bound_id(&self.sender, &self.ephemeral) {
+            return Err(EnvelopeError::UnboundId);
+        }
         Ok(())
     }
 
@@ -246,6 +254,27 @@ impl Envelope {
             wire::StrictError::Trailing(n) => EnvelopeError::TrailingBytes(n),
         })
     }
+}
+
+/// A message id: the first 16 bytes of
+/// SHA-256("peerchat-message-id" ‖ sender ‖ ephemeral key).
+///
+/// Receivers drop a second envelope with an id they have seen (a replay, or a
+/// copy from another relay). Ids travel in clear, so were they free to choose, a
+/// relay could deliver an envelope of its own under the id of a message it
+/// holds, and the real one would be dropped as a duplicate. Bound to the sender
+/// (who signs) and to a fresh ephemeral key, an id cannot be reused by anyone
+/// else: that would take a second preimage of SHA-256's first 128 bits.
+pub fn bound_id(sender: &UserKey, ephemeral: &[u8; 32]) -> MessageId {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(b"peerchat-message-id");
+    h.update(sender.0);
+    h.update(ephemeral);
+    let d = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    MessageId(id)
 }
 
 /// The per-message AEAD: HKDF-SHA256(salt = DOMAIN, ikm = shared, info = E ‖ R).

@@ -96,8 +96,8 @@ fn wrong_recipient_cannot_open() {
 #[test]
 fn resigned_by_another_sender_does_not_decrypt() {
     // Mallory (carol) takes alice's envelope, puts her own key as the sender and signs
-    // it properly. Relays accept it, but bob cannot decrypt it: the header (with the
-    // sender) is the AEAD's associated data.
+    // it properly. Its id is bound to alice, so relays refuse it; and bob could not
+    // decrypt it anyway: the header (with the sender) is the AEAD's associated data.
     use ed25519_dalek::{Signer, SigningKey};
     let (env, _a, b, c) = sealed("from alice");
     let mut stolen = Envelope {
@@ -110,8 +110,42 @@ fn resigned_by_another_sender_does_not_decrypt() {
     stolen.signature = SigningKey::from_bytes(&c.secret_bytes())
         .sign(&signed)
         .to_bytes();
-    assert_eq!(stolen.verify(), Ok(()));
-    assert_eq!(stolen.open(&b), Err(EnvelopeError::Decrypt));
+    assert_eq!(stolen.verify(), Err(EnvelopeError::UnboundId));
+    assert_eq!(stolen.open(&b), Err(EnvelopeError::UnboundId));
+}
+
+#[test]
+fn another_sender_cannot_take_a_message_id() {
+    // A relay holding alice's envelope sees its id, and seals a message of its own
+    // to bob under that id, properly signed, hoping bob keeps it and then drops
+    // alice's real message as a duplicate. The id is bound to the sender and the
+    // ephemeral key: the forgery is refused before it is stored.
+    use ed25519_dalek::{Signer, SigningKey};
+    let (real, _a, b, c) = sealed("from alice");
+    let mut forged = Envelope::seal(
+        &c,
+        &b.public(),
+        &Content::text("gotcha"),
+        1_000,
+        &mut rng(7),
+    )
+    .unwrap();
+    assert_eq!(forged.verify(), Ok(()));
+    forged.id = real.id;
+    let mut signed = b"peerchat-envelope-v1".to_vec();
+    signed.extend_from_slice(&forged.header());
+    signed.extend_from_slice(&forged.ciphertext);
+    forged.signature = SigningKey::from_bytes(&c.secret_bytes())
+        .sign(&signed)
+        .to_bytes();
+    assert_eq!(forged.verify(), Err(EnvelopeError::UnboundId));
+    assert_eq!(forged.open(&b), Err(EnvelopeError::UnboundId));
+    // Each genuine envelope carries its own bound id.
+    assert_eq!(
+        real.id,
+        peerchat_chat::envelope::bound_id(&real.sender, &real.ephemeral)
+    );
+    assert_eq!(real.open(&b), Ok(Content::text("from alice")));
 }
 
 #[test]

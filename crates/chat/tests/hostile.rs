@@ -288,7 +288,8 @@ fn a_relay_that_tampers_with_envelopes_is_detected() {
     assert_eq!(relay.len(), 0);
 
     // Re-signed by the relay under its own key: the signature verifies, but the
-    // content does not decrypt (the sender key is in the AEAD's associated data).
+    // message id is bound to alice's key, so it is refused (and the content would
+    // not decrypt either: the sender key is in the AEAD's associated data).
     let mut resigned = env.clone();
     resigned.sender = mallory.public();
     let mut signed = b"peerchat-envelope-v1".to_vec();
@@ -296,8 +297,8 @@ fn a_relay_that_tampers_with_envelopes_is_detected() {
     signed.extend_from_slice(&resigned.ciphertext);
     let key = ed25519_dalek::SigningKey::from_bytes(&mallory.secret_bytes());
     resigned.signature = ed25519_dalek::Signer::sign(&key, &signed).to_bytes();
-    assert_eq!(resigned.verify(), Ok(()));
-    assert_eq!(resigned.open(&bob), Err(EnvelopeError::Decrypt));
+    assert_eq!(resigned.verify(), Err(EnvelopeError::UnboundId));
+    assert_eq!(resigned.open(&bob), Err(EnvelopeError::UnboundId));
     // Truncated or padded bytes on the wire never decode.
     let bytes = env.to_bytes();
     for cut in [1, 20, bytes.len() - 1] {

@@ -93,8 +93,9 @@ fn unsigned_tampered_or_oversized_envelopes_are_refused() {
 
 #[test]
 fn same_id_from_another_sender_does_not_block_the_message() {
-    // Copies are keyed by (recipient, sender, id): mallory, who saw an id go by, cannot
-    // pre-empt it with an envelope of her own under that id.
+    // Mallory, who saw an id go by, cannot pre-empt it with an envelope of her own
+    // under that id: ids are bound to their sender, so hers is refused (and copies
+    // are keyed by (recipient, sender, id) besides).
     use ed25519_dalek::{Signer, SigningKey};
     let mut w = World::new(3);
     let mut q = RelayQueue::new(RelayConfig::default());
@@ -107,11 +108,14 @@ fn same_id_from_another_sender_does_not_block_the_message() {
     fake.signature = SigningKey::from_bytes(&w.users[2].secret_bytes())
         .sign(&signed)
         .to_bytes();
-    assert_eq!(q.store(fake.clone(), ip("10.0.0.9"), NOW), Ok(Stored::New));
+    assert_eq!(
+        q.store(fake.clone(), ip("10.0.0.9"), NOW),
+        Err(RelayError::Envelope(EnvelopeError::UnboundId))
+    );
     assert_eq!(q.store(real.clone(), ip("10.0.0.1"), NOW), Ok(Stored::New));
     assert!(q.contains(&real.recipient, &real.sender, &real.id));
-    assert!(q.contains(&fake.recipient, &fake.sender, &fake.id));
-    assert_eq!(q.fetch(&w.key(1), usize::MAX).len(), 2);
+    assert!(!q.contains(&fake.recipient, &fake.sender, &fake.id));
+    assert_eq!(q.fetch(&w.key(1), usize::MAX).len(), 1);
 }
 
 #[test]

@@ -241,7 +241,10 @@ async fn outbox_due_reschedule_remove() -> Result<(), DbError> {
     assert!(!db.outbox_reschedule(id(3), 1).await?);
     assert!(db.message(id(3)).await?.is_some(), "history stays");
 
-    assert!(db.ack_delivered(id(2)).await?);
+    // Only the recipient's ack counts.
+    assert!(!db.ack_delivered(id(2), key(9)).await?);
+    assert!(db.outbox_get(id(2)).await?.is_some());
+    assert!(db.ack_delivered(id(2), key(2)).await?);
     assert_eq!(db.outbox_get(id(2)).await?, None);
     assert_eq!(
         db.message(id(2)).await?.map(|m| m.state),

@@ -321,12 +321,16 @@ async fn replayed_envelopes_are_shown_once_and_tampered_ones_never() {
         let to_bob = evil.store(bob.listen_addr(), t.to_bytes()).await;
         let (code, msg) = to_bob.expect_err(what);
         assert!(
-            msg.contains("signature") || msg.contains("decrypt") || msg.contains("key"),
+            msg.contains("signature")
+                || msg.contains("decrypt")
+                || msg.contains("key")
+                || msg.contains("not bound to its sender"),
             "{what}: {code} {msg}"
         );
         refused += 1;
-        if *what != "re-signed" {
-            // A relay refuses it as well (the signature is checked before storing).
+        {
+            // A relay refuses it as well (the signature, and the id's binding to
+            // the sender, are checked before storing).
             let (_, msg) = evil
                 .store(relay.listen_addr(), t.to_bytes())
                 .await

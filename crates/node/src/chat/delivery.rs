@@ -217,7 +217,7 @@ async fn deliver_batch(inner: &Inner, to: UserKey, entries: Vec<OutboxEntry>) {
     let mut set = JoinSet::new();
     for id in &acked {
         let (db, id) = (inner.db.clone(), *id);
-        set.spawn(async move { (id, db.ack_delivered(id.0).await) });
+        set.spawn(async move { (id, db.ack_delivered(id.0, to.0).await) });
     }
     while let Some(r) = set.join_next().await {
         if let Ok((id, Ok(true))) = r {
@@ -494,15 +494,14 @@ pub(crate) async fn deliver_incoming(
         }
         Content::Delivered { ids } => {
             for id in ids {
-                if let Ok(true) = inner.db.ack_delivered(id.0).await {
+                if let Ok(true) = inner.db.ack_delivered(id.0, env.sender.0).await {
                     emit_state(inner, &id, MessageState::Delivered);
                 }
             }
         }
         Content::Read { ids } => {
             for id in ids {
-                let _ = inner.db.ack_delivered(id.0).await;
-                if let Ok(true) = inner.db.set_state(id.0, MessageState::Read).await {
+                if let Ok(true) = inner.db.ack_read(id.0, env.sender.0).await {
                     emit_state(inner, &id, MessageState::Read);
                 }
             }

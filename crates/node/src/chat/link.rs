@@ -161,7 +161,7 @@ async fn run(
             _ => break,
         };
         let db = inner.db.clone();
-        acks.spawn(async move { (id, db.ack_delivered(id.0).await) });
+        acks.spawn(async move { (id, db.ack_delivered(id.0, to.0).await) });
     }
     write.abort();
     read.abort();

@@ -20,6 +20,23 @@ fn advance(conn: &Connection, id: &MessageId, state: MessageState) -> Result<boo
     Ok(n > 0)
 }
 
+/// Moves our message `id` to `peer` forward to `state` (never backwards).
+fn advance_sent_to(
+    conn: &Connection,
+    id: &MessageId,
+    peer: &UserKey,
+    state: MessageState,
+) -> Result<bool, DbError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE messages SET state = ?2 WHERE id = ?1 AND peer = ?4 AND direction = 'out' AND \
+             (CASE state WHEN 'queued' THEN 0 WHEN 'relayed' THEN 1 \
+              WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE -1 END) < ?3",
+        )?
+        .execute(params![&id[..], state.as_str(), state.rank(), &peer[..]])?;
+    Ok(n > 0)
+}
+
 /// How long a new outbox entry is left to the sender's fast path before the
 /// outbox worker takes it.
 pub(crate) const FAST_PATH_GRACE_MS: i64 = 3_000;
@@ -87,15 +104,27 @@ impl Db {
         self.write(move |conn| advance(conn, &id, state)).await
     }
 
-    /// The recipient acknowledged `id`: drops its outbox entry and marks it
-    /// delivered, atomically. Returns whether anything changed.
-    pub async fn ack_delivered(&self, id: MessageId) -> Result<bool, DbError> {
+    /// `peer` acknowledged `id`: drops its outbox entry and marks it delivered,
+    /// atomically. Returns whether anything changed. Only the message's own
+    /// recipient can acknowledge it: an ack from anyone else (who saw the id go
+    /// by) changes nothing, so it cannot stop the outbox from delivering.
+    pub async fn ack_delivered(&self, id: MessageId, peer: UserKey) -> Result<bool, DbError> {
         self.write(move |conn| {
             let removed = conn
-                .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute([&id[..]])?;
-            let moved = advance(conn, &id, MessageState::Delivered)?;
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1 AND recipient = ?2")?
+                .execute([&id[..], &peer[..]])?;
+            let moved = advance_sent_to(conn, &id, &peer, MessageState::Delivered)?;
             Ok(removed > 0 || moved)
+        })
+        .await
+    }
+
+    /// `peer` read `id` (a message we sent them); returns whether it changed.
+    pub async fn ack_read(&self, id: MessageId, peer: UserKey) -> Result<bool, DbError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND recipient = ?2")?
+                .execute([&id[..], &peer[..]])?;
+            advance_sent_to(conn, &id, &peer, MessageState::Read)
         })
         .await
     }

@@ -128,14 +128,7 @@ impl DeliveryAck {
     /// Checks the id count, the key and the signature.
     pub fn verify(&self) -> Result<(), AuthError> {
         check_ids(&self.ids)?;
-        self.recipient.verifying_key().map_err(AuthError::BadKey)?;
-        if !self
-            .recipient
-            .verifies(&self.signed_bytes(), &self.signature)
-        {
-            return Err(AuthError::BadSignature);
-        }
-        Ok(())
+        check_signature(&self.recipient, &self.signed_bytes(), &self.signature)
     }
 
     /// The postcard encoding.
@@ -147,6 +140,15 @@ impl DeliveryAck {
     pub fn from_bytes(bytes: &[u8]) -> Result<DeliveryAck, AuthError> {
         decode(bytes, MAX_ACK_BYTES)
     }
+}
+
+/// A usable key, and its signature over `signed`.
+fn check_signature(key: &UserKey, signed: &[u8], signature: &[u8; 64]) -> Result<(), AuthError> {
+    key.verifying_key().map_err(AuthError::BadKey)?;
+    if !key.verifies(signed, signature) {
+        return Err(AuthError::BadSignature);
+    }
+    Ok(())
 }
 
 fn check_ids(ids: &[MessageId]) -> Result<(), AuthError> {
@@ -208,14 +210,7 @@ impl FetchAuth {
         if skew_ms > FETCH_AUTH_WINDOW_MS {
             return Err(AuthError::Stale { skew_ms });
         }
-        self.recipient.verifying_key().map_err(AuthError::BadKey)?;
-        if !self
-            .recipient
-            .verifies(&self.signed_bytes(), &self.signature)
-        {
-            return Err(AuthError::BadSignature);
-        }
-        Ok(())
+        check_signature(&self.recipient, &self.signed_bytes(), &self.signature)
     }
 
     /// The postcard encoding.

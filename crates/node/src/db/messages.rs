@@ -37,6 +37,23 @@ fn advance_sent_to(
     Ok(n > 0)
 }
 
+/// Counts a delivery attempt of outbox entry `id` and sets the next one (and,
+/// with `relayed`, flags that relays hold a copy). Returns whether it exists.
+fn count_attempt(
+    conn: &Connection,
+    id: &MessageId,
+    next_attempt_ms: i64,
+    relayed: bool,
+) -> Result<bool, DbError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, \
+             relayed = MAX(relayed, ?3) WHERE id = ?1",
+        )?
+        .execute(params![&id[..], next_attempt_ms, relayed as i64])?;
+    Ok(n > 0)
+}
+
 /// How long a new outbox entry is left to the sender's fast path before the
 /// outbox worker takes it.
 pub(crate) const FAST_PATH_GRACE_MS: i64 = 3_000;
@@ -305,15 +322,8 @@ impl Db {
         id: MessageId,
         next_attempt_ms: i64,
     ) -> Result<bool, DbError> {
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2 WHERE id = ?1",
-                )?
-                .execute(params![&id[..], next_attempt_ms])?;
-            Ok(n > 0)
-        })
-        .await
+        self.write(move |conn| count_attempt(conn, &id, next_attempt_ms, false))
+            .await
     }
 
     /// Relays now hold a copy: flags the entry, sets its next direct attempt,
@@ -325,16 +335,11 @@ impl Db {
         next_attempt_ms: i64,
     ) -> Result<bool, DbError> {
         self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE outbox SET relayed = 1, attempts = attempts + 1, next_attempt_ms = ?2 \
-                     WHERE id = ?1",
-                )?
-                .execute(params![&id[..], next_attempt_ms])?;
-            if n > 0 {
+            let exists = count_attempt(conn, &id, next_attempt_ms, true)?;
+            if exists {
                 advance(conn, &id, MessageState::Relayed)?;
             }
-            Ok(n > 0)
+            Ok(exists)
         })
         .await
     }

@@ -7,39 +7,25 @@
 //! `peerchat_node::api::ApiClient` (a process per `peerchat send` would be
 //! too slow for thousands of messages). Each test has its own 127.0.9x.0/24.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Node, private_bin, wait_for};
 use peerchat_node::api::ApiClient;
+use peerchat_node::chat::MessageView;
 use peerchat_node::datadir::DataDir;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerchat");
-
-/// A hard link to the binary in `dir` (else the binary itself), so that a
-/// rebuild of the shared target dir during the test does not pull it away.
-fn private_bin(dir: &Path) -> PathBuf {
-    let link = dir.join("peerchat");
-    if link.exists() {
-        return link;
-    }
-    match std::fs::hard_link(BIN, &link) {
-        Ok(()) => link,
-        Err(_) => PathBuf::from(BIN),
-    }
-}
 const PORT: u16 = 27420;
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const NET_TIMEOUT: Duration = Duration::from_secs(90);
-const POLL: Duration = Duration::from_millis(200);
 
 fn addr(net: u8, ip: u8) -> String {
     format!("127.0.{net}.{ip}:{PORT}")
@@ -67,20 +53,22 @@ fn runtime() -> Arc<Runtime> {
     )
 }
 
-/// One user: a data dir and, while it runs, its node process.
-struct Node {
-    bin: PathBuf,
-    name: String,
-    dir: PathBuf,
-    net: u8,
-    ip: u8,
-    bootstrap: Option<u8>,
-    child: Option<Child>,
-    runs: u32,
+/// The API client of the node running on `dir`, if it wrote its API file.
+fn try_api(dir: &Path) -> Option<ApiClient> {
+    ApiClient::from_data_dir(dir)
+        .ok()
+        .map(|c| c.with_timeout(Duration::from_secs(20)))
+}
+
+/// One user on 127.0.`net`.`ip`, driven through its API.
+struct User {
+    node: Node,
+    listen: String,
+    bootstrap: Option<String>,
     rt: Arc<Runtime>,
 }
 
-impl Node {
+impl User {
     fn start(
         rt: &Arc<Runtime>,
         root: &Path,
@@ -88,128 +76,51 @@ impl Node {
         net: u8,
         ip: u8,
         boot: Option<u8>,
-    ) -> Node {
-        let dir = root.join(name);
+    ) -> User {
         let bin = private_bin(root);
-        let out = Command::new(&bin)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["init", "--name", name])
-            .output()
-            .expect("spawning peerchat init");
-        assert!(
-            out.status.success(),
-            "init {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut node = Node {
-            bin,
-            name: name.to_string(),
-            dir,
-            net,
-            ip,
-            bootstrap: boot,
-            child: None,
-            runs: 0,
+        let mut user = User {
+            node: Node::init(&bin, root, name, None, "crash"),
+            listen: addr(net, ip),
+            bootstrap: boot.map(|b| addr(net, b)),
             rt: rt.clone(),
         };
-        node.spawn();
-        node
-    }
-
-    fn log_path(&self, run: u32) -> PathBuf {
-        self.dir.join(format!("crash-run{run}.log"))
+        user.spawn();
+        user
     }
 
     /// Starts the node and waits until the API of this very process answers.
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.runs += 1;
-        let log = File::create(self.log_path(self.runs)).expect("creating the log file");
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--data-dir")
-            .arg(&self.dir)
-            .args(["run", "--listen", &addr(self.net, self.ip)]);
-        if let Some(b) = self.bootstrap {
-            cmd.args(["--bootstrap", &addr(self.net, b)]);
-        }
-        cmd.env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log file"))
-            .stderr(log);
-        let child = cmd.spawn().expect("spawning peerchat run");
-        let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!(
-                    "{}'s node exited at start ({st}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            // A killed run leaves its api.json behind: only trust this pid's.
-            let fresh = DataDir::read_api_info(&self.dir).is_ok_and(|i| i.pid == pid);
-            if fresh
-                && self
-                    .try_api()
-                    .is_some_and(|c| self.rt.block_on(c.status()).is_ok())
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}'s node did not answer within {START_TIMEOUT:?}:\n{}",
-                self.name,
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for r in 1..=self.runs {
-            let text = std::fs::read_to_string(self.log_path(r)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            s.push_str(&format!("--- {} run {r} (last lines) ---\n", self.name));
-            for l in tail.into_iter().rev() {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-        s
-    }
-
-    fn try_api(&self) -> Option<ApiClient> {
-        ApiClient::from_data_dir(&self.dir)
-            .ok()
-            .map(|c| c.with_timeout(Duration::from_secs(20)))
+        let pid = self.node.launch(&self.listen, self.bootstrap.as_deref());
+        let rt = &self.rt;
+        self.node
+            .wait_ready("answer", Duration::from_millis(50), |n| {
+                // A killed run leaves its api.json behind: only trust this pid's.
+                let fresh = DataDir::read_api_info(&n.dir).is_ok_and(|i| i.pid == pid);
+                (fresh && try_api(&n.dir).is_some_and(|c| rt.block_on(c.status()).is_ok()))
+                    .then_some(())
+            });
     }
 
     fn api(&self) -> ApiClient {
-        self.try_api()
-            .unwrap_or_else(|| panic!("{} has no API file", self.name))
+        try_api(&self.node.dir).unwrap_or_else(|| panic!("{} has no API file", self.node.name))
     }
 
     fn status(&self) -> peerchat_node::chat::StatusView {
         self.rt
             .block_on(self.api().status())
-            .unwrap_or_else(|e| panic!("status of {}: {e}", self.name))
+            .unwrap_or_else(|e| panic!("status of {}: {e}", self.node.name))
+    }
+
+    /// Received messages (all of them, up to 10,000).
+    fn inbox(&self) -> Vec<MessageView> {
+        self.rt
+            .block_on(self.api().inbox(Some(10_000)))
+            .unwrap_or_else(|e| panic!("inbox of {}: {e}", self.node.name))
     }
 
     /// Received message ids, with how many times each is listed.
     fn inbox_counts(&self) -> HashMap<String, usize> {
-        let inbox = self
-            .rt
-            .block_on(self.api().inbox(Some(10_000)))
-            .unwrap_or_else(|e| panic!("inbox of {}: {e}", self.name));
+        let inbox = self.inbox();
         let mut counts = HashMap::new();
         for m in inbox {
             *counts.entry(m.id).or_insert(0) += 1;
@@ -219,17 +130,14 @@ impl Node {
 
     /// Received messages: id -> text (panics on a duplicate id).
     fn inbox_texts(&self) -> BTreeMap<String, String> {
-        let inbox = self
-            .rt
-            .block_on(self.api().inbox(Some(10_000)))
-            .unwrap_or_else(|e| panic!("inbox of {}: {e}", self.name));
+        let inbox = self.inbox();
         let mut out = BTreeMap::new();
         for m in inbox {
             let id = m.id.clone();
             assert!(
                 out.insert(m.id, m.text).is_none(),
                 "{} lists message {id} twice",
-                self.name
+                self.node.name
             );
         }
         out
@@ -239,7 +147,7 @@ impl Node {
     fn states(&self, peer: &str) -> HashMap<String, String> {
         self.rt
             .block_on(self.api().history(peer, Some(10_000)))
-            .unwrap_or_else(|e| panic!("history of {} with {peer}: {e}", self.name))
+            .unwrap_or_else(|e| panic!("history of {} with {peer}: {e}", self.node.name))
             .into_iter()
             .filter(|m| m.direction == "out")
             .map(|m| (m.id, m.state))
@@ -253,60 +161,27 @@ impl Node {
             .map(|(id, _)| id)
             .collect()
     }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_for<T>(
-    what: impl Fn() -> String,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {}", what());
-        }
-        thread::sleep(POLL);
-    }
 }
 
 /// Three relays, then the sender and the receiver; all names held, the
 /// receiver's key pinned by the sender.
-fn network(rt: &Arc<Runtime>, root: &Path, net: u8, prefix: &str) -> (Vec<Node>, Node, Node) {
-    let relays: Vec<Node> = (0..3)
+fn network(rt: &Arc<Runtime>, root: &Path, net: u8, prefix: &str) -> (Vec<User>, User, User) {
+    let relays: Vec<User> = (0..3)
         .map(|i| {
             let boot = (i > 0).then_some(10);
-            Node::start(rt, root, &format!("{prefix}relay{i}"), net, 10 + i, boot)
+            User::start(rt, root, &format!("{prefix}relay{i}"), net, 10 + i, boot)
         })
         .collect();
-    let alice = Node::start(rt, root, &format!("{prefix}alice"), net, 20, Some(10));
-    let bob = Node::start(rt, root, &format!("{prefix}bob"), net, 21, Some(10));
+    let alice = User::start(rt, root, &format!("{prefix}alice"), net, 20, Some(10));
+    let bob = User::start(rt, root, &format!("{prefix}bob"), net, 21, Some(10));
     for n in relays.iter().chain([&alice, &bob]) {
         wait_for(
-            || format!("{}'s name claim to be held", n.name),
+            || format!("{}'s name claim to be held", n.node.name),
             NET_TIMEOUT,
             || n.status().name_claimed.then_some(()),
         );
     }
-    let bob_name = bob.name.clone();
+    let bob_name = bob.node.name.clone();
     rt.block_on(alice.api().add_contact(&bob_name))
         .unwrap_or_else(|e| panic!("alice cannot resolve {bob_name}: {e}"));
     (relays, alice, bob)
@@ -377,8 +252,8 @@ fn stream(
 /// `uncertain` text at most once, and nothing else; `from` sees all of
 /// `sent` delivered.
 fn check_all_delivered(
-    from: &Node,
-    to: &Node,
+    from: &User,
+    to: &User,
     sent: &BTreeMap<String, String>,
     uncertain: &[String],
 ) {
@@ -388,7 +263,7 @@ fn check_all_delivered(
             let missing: Vec<&String> = sent.keys().filter(|id| !have.contains_key(*id)).collect();
             format!(
                 "{} to hold all {} messages; {} missing, e.g. {:?}",
-                to.name,
+                to.node.name,
                 sent.len(),
                 missing.len(),
                 missing
@@ -406,17 +281,17 @@ fn check_all_delivered(
     );
     wait_for(
         || {
-            let d = from.delivered(&to.name);
+            let d = from.delivered(&to.node.name);
             format!(
                 "{} to see all {} messages delivered; {} are",
-                from.name,
+                from.node.name,
                 sent.len(),
                 sent.keys().filter(|id| d.contains(*id)).count()
             )
         },
         NET_TIMEOUT,
         || {
-            let d = from.delivered(&to.name);
+            let d = from.delivered(&to.node.name);
             sent.keys().all(|id| d.contains(id)).then_some(())
         },
     );
@@ -424,7 +299,12 @@ fn check_all_delivered(
     thread::sleep(Duration::from_secs(3));
     let inbox = to.inbox_texts();
     for (id, text) in sent {
-        assert_eq!(inbox.get(id), Some(text), "text of {id} at {}", to.name);
+        assert_eq!(
+            inbox.get(id),
+            Some(text),
+            "text of {id} at {}",
+            to.node.name
+        );
     }
     let uncertain: HashSet<&String> = uncertain.iter().collect();
     let mut texts: HashMap<&String, usize> = HashMap::new();
@@ -433,11 +313,11 @@ fn check_all_delivered(
         assert!(
             sent.contains_key(id) || uncertain.contains(text),
             "{} holds a message nobody sent: {text:?} ({id})",
-            to.name
+            to.node.name
         );
     }
     for (text, n) in texts {
-        assert_eq!(n, 1, "{} shows {text:?} {n} times", to.name);
+        assert_eq!(n, 1, "{} shows {text:?} {n} times", to.node.name);
     }
 }
 
@@ -454,20 +334,20 @@ fn receiver_killed_repeatedly() {
     let rt = runtime();
     let tmp = TempDir::new().unwrap();
     let (_relays, alice, mut bob) = network(&rt, tmp.path(), NET, "rk");
-    let bob_name = bob.name.clone();
+    let bob_name = bob.node.name.clone();
     let texts: Vec<String> = (0..TOTAL).map(|i| format!("stream {i:04}")).collect();
     let t0 = Instant::now();
 
     let (sent, uncertain) = thread::scope(|s| {
         let sender = {
-            let (rt, dir, texts, to) = (&rt, &alice.dir, &texts, &bob_name);
+            let (rt, dir, texts, to) = (&rt, &alice.node.dir, &texts, &bob_name);
             s.spawn(move || stream(rt, dir, to, texts, 100, Duration::from_millis(150)))
         };
         for k in 1..=KILLS {
             // Up, receiving, for a random while; then SIGKILL.
             let up = Duration::from_millis(rng.random_range(300..2500));
             thread::sleep(up);
-            bob.kill9();
+            bob.node.kill9();
             // Acks bob sent before he died may still be on their way.
             let down = Duration::from_millis(rng.random_range(300..1500));
             thread::sleep(down);
@@ -521,10 +401,10 @@ fn sender_killed_mid_stream() {
     let rt = runtime();
     let tmp = TempDir::new().unwrap();
     let (_relays, mut alice, bob) = network(&rt, tmp.path(), NET, "sk");
-    let bob_name = bob.name.clone();
+    let bob_name = bob.node.name.clone();
     let texts: Vec<String> = (0..TOTAL).map(|i| format!("outbox {i:04}")).collect();
     let t0 = Instant::now();
-    let alice_dir = alice.dir.clone();
+    let alice_dir = alice.node.dir.clone();
 
     let (sent, uncertain) = thread::scope(|s| {
         let sender = {
@@ -536,7 +416,7 @@ fn sender_killed_mid_stream() {
             let up = Duration::from_millis(rng.random_range(300..2000));
             thread::sleep(up);
             let before = alice.states(&bob_name);
-            alice.kill9();
+            alice.node.kill9();
             let down = Duration::from_millis(rng.random_range(200..1000));
             thread::sleep(down);
             alice.spawn();

@@ -5,307 +5,43 @@
 //! Every test uses its own range of 127.0.0.x addresses so that tests may run
 //! in parallel. Every wait is bounded and panics with what it waited for.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use common::{BIN, Node, POLL, wait_for};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerchat");
 /// The port every node listens on (each node has its own IP).
 const PORT: u16 = 27420;
-/// How long a node may take to answer its API after `run`.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long anything on the network may take.
 const NET_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(200);
 
 fn addr(ip: u8) -> String {
     format!("127.0.0.{ip}:{PORT}")
 }
 
-/// One user: a data dir and, while it runs, its node process.
-struct Node {
-    name: String,
-    dir: PathBuf,
-    ip: u8,
-    child: Option<Child>,
-    /// How many times `run` was started (each run logs to its own file).
-    runs: u32,
-    /// The user's key, hex (known once the node has answered).
-    key: String,
+/// Creates the user in `root/name` if new, runs its node on 127.0.0.`ip`
+/// (joining through `bootstrap`, if any) and waits until its API answers.
+fn start(root: &Path, name: &str, ip: u8, bootstrap: Option<u8>) -> Node {
+    let mut node = Node::init(Path::new(BIN), root, name, None, "e2e");
+    restart(&mut node, ip, bootstrap);
+    node
 }
 
-impl Node {
-    /// Creates the user in `root/name` if new, runs its node on 127.0.0.`ip`
-    /// (joining through `bootstrap`, if any) and waits until its API answers.
-    fn start(root: &Path, name: &str, ip: u8, bootstrap: Option<u8>) -> Node {
-        let dir = root.join(name);
-        if !dir.exists() {
-            let out = Command::new(BIN)
-                .arg("--data-dir")
-                .arg(&dir)
-                .args(["init", "--name", name])
-                .output()
-                .expect("spawning peerchat init");
-            assert!(
-                out.status.success(),
-                "init {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let mut node = Node {
-            name: name.to_string(),
-            dir,
-            ip,
-            child: None,
-            runs: 0,
-            key: String::new(),
-        };
-        node.spawn(bootstrap);
-        node
-    }
-
-    fn log_path(&self, run: u32) -> PathBuf {
-        self.dir.join(format!("e2e-run{run}.log"))
-    }
-
-    fn spawn(&mut self, bootstrap: Option<u8>) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.runs += 1;
-        let log = File::create(self.log_path(self.runs)).expect("creating the log file");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--data-dir")
-            .arg(&self.dir)
-            .args(["run", "--listen", &addr(self.ip)]);
-        if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", &addr(b)]);
-        }
-        cmd.env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log file"))
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawning peerchat run"));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!(
-                    "{}'s node exited at start ({st}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            // A new run rewrites the API file: only trust a status that answers
-            // from this run (the process is alive and the API responds).
-            if let Ok(st) = self.try_cli(&["status", "--json"]) {
-                self.key = st["key"].as_str().expect("status.key").to_string();
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{}'s node did not answer `status` within {START_TIMEOUT:?}:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Restarts the stopped node, on 127.0.0.`ip`.
-    fn restart(&mut self, ip: u8, bootstrap: Option<u8>) {
-        self.ip = ip;
-        self.spawn(bootstrap);
-    }
-
-    /// The logs of every run so far (for failure messages).
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for r in 1..=self.runs {
-            let text = std::fs::read_to_string(self.log_path(r)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            s.push_str(&format!("--- {} run {r} (last lines) ---\n", self.name));
-            for l in tail.into_iter().rev() {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-        s
-    }
-
-    /// Runs a client command with `--data-dir`; its stdout, or its error.
-    fn try_cli_raw(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("spawning peerchat: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "`peerchat {}` for {} failed ({}): {}",
-                args.join(" "),
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    /// Runs a client command that prints JSON; the JSON, or the error.
-    fn try_cli(&self, args: &[&str]) -> Result<Value, String> {
-        let out = self.try_cli_raw(args)?;
-        serde_json::from_str(&out).map_err(|e| format!("bad JSON from {args:?}: {e}: {out}"))
-    }
-
-    /// Runs a client command that prints JSON; panics if it fails.
-    fn cli(&self, args: &[&str]) -> Value {
-        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn status(&self) -> Value {
-        self.cli(&["status", "--json"])
-    }
-
-    fn key(&self) -> String {
-        self.key.clone()
-    }
-
-    /// Sends `text` to `to`; the message id.
-    fn send(&self, to: &str, text: &str) -> String {
-        let out = self
-            .try_cli_raw(&["send", to, "--", text])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let id = out.trim().to_string();
-        assert_eq!(id.len(), 32, "send printed no id: {out:?}");
-        id
-    }
-
-    /// Received messages (all of them, up to 10,000).
-    fn inbox(&self) -> Vec<Value> {
-        match self.cli(&["inbox", "--limit", "10000", "--json"]) {
-            Value::Array(v) => v,
-            other => panic!("inbox of {} is not a list: {other}", self.name),
-        }
-    }
-
-    /// The conversation with `peer`, oldest first.
-    fn history(&self, peer: &str) -> Vec<Value> {
-        match self.cli(&["history", peer, "--limit", "10000", "--json"]) {
-            Value::Array(v) => v,
-            other => panic!("history of {} is not a list: {other}", self.name),
-        }
-    }
-
-    /// Delivery state of each message sent to `peer`, by id.
-    fn states(&self, peer: &str) -> HashMap<String, String> {
-        self.history(peer)
-            .into_iter()
-            .filter(|m| m["direction"] == "out")
-            .map(|m| {
-                (
-                    m["id"].as_str().unwrap_or_default().to_string(),
-                    m["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// Stops the node with SIGTERM and waits for it to exit.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(st.success(), "kill -TERM {} failed", self.name);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = child.try_wait().expect("waiting for the node") {
-                assert!(
-                    st.success(),
-                    "{}'s node exited badly on SIGTERM ({st}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{}'s node did not stop within 20 s of SIGTERM:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the node with SIGKILL.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls `f` until it gives `Some`, at most `timeout`; panics with `what`.
-fn wait_for<T>(
-    what: impl Fn() -> String,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {}", what());
-        }
-        thread::sleep(POLL);
-    }
+/// Restarts the stopped node, on 127.0.0.`ip`.
+fn restart(node: &mut Node, ip: u8, bootstrap: Option<u8>) {
+    node.start(&addr(ip), bootstrap.map(addr).as_deref(), POLL);
 }
 
 /// Waits until every node holds its name on the network.
 fn wait_claimed(nodes: &[&Node]) {
     for n in nodes {
-        wait_for(
-            || format!("{}'s name claim to be held by the network", n.name),
-            NET_TIMEOUT,
-            || {
-                n.status()["name_claimed"]
-                    .as_bool()
-                    .unwrap_or(false)
-                    .then_some(())
-            },
-        );
+        n.wait_claimed(NET_TIMEOUT, POLL);
     }
 }
 
@@ -347,7 +83,7 @@ fn wait_inbox(node: &Node, from: &Node, want: &BTreeMap<String, String>) {
 /// Each message of `want` is in `node`'s inbox once, from `from`, with its text.
 fn assert_exactly_once(node: &Node, from: &Node, want: &BTreeMap<String, String>) {
     let inbox = node.inbox();
-    let from_key = from.key();
+    let from_key = from.key.clone();
     let from = from.name.as_str();
     for (id, text) in want {
         let copies: Vec<&Value> = inbox.iter().filter(|m| m["id"] == id.as_str()).collect();
@@ -427,7 +163,7 @@ fn start_relays(root: &Path, prefix: &str, base: u8, n: u8) -> Vec<Node> {
     let mut relays: Vec<Node> = Vec::new();
     for i in 0..n {
         let boot = (i > 0).then_some(base);
-        relays.push(Node::start(root, &format!("{prefix}{i}"), base + i, boot));
+        relays.push(start(root, &format!("{prefix}{i}"), base + i, boot));
     }
     relays
 }
@@ -448,11 +184,11 @@ fn registrations() {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..N {
         let boot = (i > 0).then(|| BASE + i - 1);
-        nodes.push(Node::start(tmp.path(), &format!("reg{i}"), BASE + i, boot));
+        nodes.push(start(tmp.path(), &format!("reg{i}"), BASE + i, boot));
     }
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_claimed(&refs);
-    let keys: Vec<String> = nodes.iter().map(Node::key).collect();
+    let keys: Vec<String> = nodes.iter().map(|n| n.key.clone()).collect();
     let distinct: HashSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), nodes.len(), "keys are not distinct");
 
@@ -499,7 +235,7 @@ fn sends() {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..N {
         let boot = (i > 0).then_some(BASE);
-        nodes.push(Node::start(tmp.path(), &format!("snd{i}"), BASE + i, boot));
+        nodes.push(start(tmp.path(), &format!("snd{i}"), BASE + i, boot));
     }
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_claimed(&refs);
@@ -551,8 +287,8 @@ fn sends() {
 fn offline_chat() {
     let tmp = TempDir::new().unwrap();
     let relays = start_relays(tmp.path(), "ofr", 40, 4); // 127.0.0.40..=43
-    let alice = Node::start(tmp.path(), "ofalice", 44, Some(40));
-    let mut bob = Node::start(tmp.path(), "ofbob", 45, Some(40));
+    let alice = start(tmp.path(), "ofalice", 44, Some(40));
+    let mut bob = start(tmp.path(), "ofbob", 45, Some(40));
     let mut all: Vec<&Node> = relays.iter().collect();
     all.extend([&alice, &bob]);
     wait_claimed(&all);
@@ -579,7 +315,7 @@ fn offline_chat() {
         || (alice.states("ofbob").get(&id).map(String::as_str) == Some("relayed")).then_some(()),
     );
 
-    bob.restart(45, Some(40));
+    restart(&mut bob, 45, Some(40));
     wait_inbox(&bob, &alice, &second);
     wait_delivered(&alice, "ofbob", &second);
     // Nothing comes twice, even after the relays' retries.
@@ -608,8 +344,8 @@ fn offline_chat() {
 fn dual_offline_chat() {
     let tmp = TempDir::new().unwrap();
     let relays = start_relays(tmp.path(), "dor", 50, 4); // 127.0.0.50..=53
-    let mut alice = Node::start(tmp.path(), "doalice", 54, Some(50));
-    let mut bob = Node::start(tmp.path(), "dobob", 55, Some(50));
+    let mut alice = start(tmp.path(), "doalice", 54, Some(50));
+    let mut bob = start(tmp.path(), "dobob", 55, Some(50));
     let mut all: Vec<&Node> = relays.iter().collect();
     all.extend([&alice, &bob]);
     wait_claimed(&all);
@@ -632,7 +368,7 @@ fn dual_offline_chat() {
     );
     alice.stop();
 
-    bob.restart(55, Some(50));
+    restart(&mut bob, 55, Some(50));
     let want = one(id.clone(), text);
     wait_inbox(&bob, &alice, &want);
     thread::sleep(Duration::from_secs(2));
@@ -641,7 +377,7 @@ fn dual_offline_chat() {
 
     // Alice comes back while bob is offline: she learns it was delivered
     // (the signed ack reached the relays) or at least still holds it safely.
-    alice.restart(54, Some(50));
+    restart(&mut alice, 54, Some(50));
     let st = alice.states("dobob");
     assert!(
         matches!(
@@ -651,7 +387,7 @@ fn dual_offline_chat() {
         "alice's message state after both were away: {:?}",
         st.get(&id)
     );
-    bob.restart(55, Some(50));
+    restart(&mut bob, 55, Some(50));
     wait_delivered(&alice, "dobob", &want);
     thread::sleep(Duration::from_secs(2));
     assert_exactly_once(&bob, &alice, &want);
@@ -664,8 +400,8 @@ fn dual_offline_chat() {
 fn persistence_and_new_ip() {
     let tmp = TempDir::new().unwrap();
     let relays = start_relays(tmp.path(), "pnr", 60, 4); // 127.0.0.60..=63
-    let alice = Node::start(tmp.path(), "pnalice", 64, Some(60));
-    let mut bob = Node::start(tmp.path(), "pnbob", 65, Some(60));
+    let alice = start(tmp.path(), "pnalice", 64, Some(60));
+    let mut bob = start(tmp.path(), "pnbob", 65, Some(60));
     let mut all: Vec<&Node> = relays.iter().collect();
     all.extend([&alice, &bob]);
     wait_claimed(&all);
@@ -685,7 +421,7 @@ fn persistence_and_new_ip() {
 
     // Restart on the same address first: same node id, same history.
     bob.stop();
-    bob.restart(65, None);
+    restart(&mut bob, 65, None);
     let st = bob.status();
     assert_eq!(
         st["node_id"], old_status["node_id"],
@@ -699,7 +435,7 @@ fn persistence_and_new_ip() {
 
     // Now a new address, still without --bootstrap: saved contacts suffice.
     bob.stop();
-    bob.restart(66, None);
+    restart(&mut bob, 66, None);
     let st = bob.status();
     assert_eq!(st["key"], old_status["key"]);
     assert_eq!(st["listen"], addr(66).as_str());
@@ -760,8 +496,8 @@ fn persistence_and_new_ip() {
 fn kill9_while_receiving() {
     let tmp = TempDir::new().unwrap();
     let relays = start_relays(tmp.path(), "k9r", 70, 3); // 127.0.0.70..=72
-    let alice = Node::start(tmp.path(), "k9alice", 73, Some(70));
-    let mut bob = Node::start(tmp.path(), "k9bob", 74, Some(70));
+    let alice = start(tmp.path(), "k9alice", 73, Some(70));
+    let mut bob = start(tmp.path(), "k9bob", 74, Some(70));
     let mut all: Vec<&Node> = relays.iter().collect();
     all.extend([&alice, &bob]);
     wait_claimed(&all);
@@ -823,7 +559,7 @@ fn kill9_while_receiving() {
     assert_eq!(sent.len(), TOTAL);
     assert!(!delivered_at_kill.is_empty());
 
-    bob.restart(74, Some(70));
+    restart(&mut bob, 74, Some(70));
     // Right after the restart: every acknowledged message is there.
     let inbox: HashSet<String> = bob
         .inbox()

@@ -14,30 +14,20 @@
 //! when the test panics. `PEERCHAT_NETNS_CUT=bridge` cuts by splitting the
 //! bridge even where `nft` works.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Node, poll_until, private_bin};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerchat");
-
-/// A hard link to the binary in `dir` (else the binary itself), so that a
-/// rebuild of the shared target dir during the test does not pull it away.
-fn private_bin(dir: &Path) -> PathBuf {
-    let link = dir.join("peerchat");
-    match std::fs::hard_link(BIN, &link) {
-        Ok(()) => link,
-        Err(_) => PathBuf::from(BIN),
-    }
-}
 const PORT: u16 = 7420;
 const HOSTS: usize = 6;
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const NET_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the cut heals: sender outboxes and relays retry with backoff (the
 /// outbox up to 2^n s, relays 5 s doubling), so allow for a few rounds.
@@ -257,245 +247,17 @@ impl Drop for Lab {
     }
 }
 
-/// One user on one host.
-struct Node {
-    bin: PathBuf,
-    name: String,
-    dir: PathBuf,
-    ns: String,
-    listen: String,
-    child: Option<Child>,
-    runs: u32,
-    key: String,
+/// User `name` on host namespace `ns`: created, running on `listen` (joining
+/// through `boot`, if any), its `status` answering.
+fn start(bin: &Path, root: &Path, name: &str, ns: &str, listen: &str, boot: Option<&str>) -> Node {
+    let mut node = Node::init(bin, root, name, Some(ns), "netns");
+    node.start(listen, boot, POLL);
+    node
 }
 
-impl Node {
-    fn start(
-        bin: &Path,
-        root: &Path,
-        name: &str,
-        ns: &str,
-        listen: String,
-        boot: Option<&str>,
-    ) -> Node {
-        let dir = root.join(name);
-        let out = Command::new(bin)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["init", "--name", name])
-            .output()
-            .expect("spawning peerchat init");
-        assert!(
-            out.status.success(),
-            "init {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut node = Node {
-            bin: bin.to_path_buf(),
-            name: name.to_string(),
-            dir,
-            ns: ns.to_string(),
-            listen,
-            child: None,
-            runs: 0,
-            key: String::new(),
-        };
-        node.spawn(boot);
-        node
-    }
-
-    fn log_path(&self, run: u32) -> PathBuf {
-        self.dir.join(format!("netns-run{run}.log"))
-    }
-
-    fn spawn(&mut self, boot: Option<&str>) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.runs += 1;
-        let log = File::create(self.log_path(self.runs)).expect("creating the log file");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns])
-            .arg(&self.bin)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["run", "--listen", &self.listen]);
-        if let Some(b) = boot {
-            cmd.args(["--bootstrap", b]);
-        }
-        cmd.env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log file"))
-            .stderr(log);
-        // `ip netns exec` execs the command: the child is the node itself.
-        self.child = Some(cmd.spawn().expect("spawning ip netns exec peerchat run"));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!(
-                    "{}'s node exited at start ({st}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            if let Ok(st) = self.try_cli(&["status", "--json"])
-                && st["listen"] == self.listen.as_str()
-            {
-                self.key = st["key"].as_str().expect("status.key").to_string();
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}'s node did not answer `status` within {START_TIMEOUT:?}:\n{}",
-                self.name,
-                self.logs()
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for r in 1..=self.runs {
-            let text = std::fs::read_to_string(self.log_path(r)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            s.push_str(&format!("--- {} run {r} (last lines) ---\n", self.name));
-            for l in tail.into_iter().rev() {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-        s
-    }
-
-    /// A client command, run inside the node's namespace (its API is on that
-    /// namespace's 127.0.0.1); its stdout, or its error.
-    fn try_cli_raw(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.bin)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("spawning peerchat: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "`peerchat {}` for {} failed ({}): {}",
-                args.join(" "),
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    fn try_cli(&self, args: &[&str]) -> Result<Value, String> {
-        let out = self.try_cli_raw(args)?;
-        serde_json::from_str(&out).map_err(|e| format!("bad JSON from {args:?}: {e}: {out}"))
-    }
-
-    fn cli(&self, args: &[&str]) -> Value {
-        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn status(&self) -> Value {
-        self.cli(&["status", "--json"])
-    }
-
-    fn send(&self, to: &str, text: &str) -> String {
-        let out = self
-            .try_cli_raw(&["send", to, "--", text])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let id = out.trim().to_string();
-        assert_eq!(id.len(), 32, "send printed no id: {out:?}");
-        id
-    }
-
-    fn inbox(&self) -> Vec<Value> {
-        match self.cli(&["inbox", "--limit", "10000", "--json"]) {
-            Value::Array(v) => v,
-            other => panic!("inbox of {} is not a list: {other}", self.name),
-        }
-    }
-
-    /// Delivery states of the messages sent to `peer`, by id.
-    fn states(&self, peer: &str) -> HashMap<String, String> {
-        match self.cli(&["history", peer, "--limit", "10000", "--json"]) {
-            Value::Array(v) => v
-                .into_iter()
-                .filter(|m| m["direction"] == "out")
-                .map(|m| {
-                    (
-                        m["id"].as_str().unwrap_or_default().to_string(),
-                        m["state"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect(),
-            other => panic!("history of {} is not a list: {other}", self.name),
-        }
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        must(&["kill", "-TERM", &child.id().to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = child.try_wait().expect("waiting for the node") {
-                assert!(
-                    st.success(),
-                    "{} exited badly on SIGTERM ({st}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not stop within 20 s of SIGTERM:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_for<T>(
-    what: impl Fn() -> String,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {}", what());
-        }
-        thread::sleep(POLL);
-    }
+/// Polls `f` until it gives `Some`, at most `timeout`; panics with `what`.
+fn wait_for<T>(what: impl Fn() -> String, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(POLL, what, timeout, f)
 }
 
 /// A message sent in the test: who to whom, and its text.
@@ -611,27 +373,18 @@ fn partition_heal_and_new_address() {
     let mut nodes: Vec<Node> = (0..HOSTS)
         .map(|i| {
             let b = (i > 0).then_some(boot.as_str());
-            Node::start(
+            start(
                 &bin,
                 tmp.path(),
                 &format!("host{i}"),
                 &lab.hosts[i],
-                format!("{}:{PORT}", lab.ip(i, 0)),
+                &format!("{}:{PORT}", lab.ip(i, 0)),
                 b,
             )
         })
         .collect();
     for n in &nodes {
-        wait_for(
-            || format!("{}'s name claim to be held", n.name),
-            NET_TIMEOUT,
-            || {
-                n.status()["name_claimed"]
-                    .as_bool()
-                    .unwrap_or(false)
-                    .then_some(())
-            },
-        );
+        n.wait_claimed(NET_TIMEOUT, POLL);
     }
     // Everyone pins everyone while the network is whole.
     for a in &nodes {
@@ -784,8 +537,7 @@ fn partition_heal_and_new_address() {
     let text = "while host4 moves".to_string();
     send(&nodes, &mut sent, 1, mover, text);
     lab.readdress(mover, 0, 1);
-    nodes[mover].listen = format!("{}:{PORT}", lab.ip(mover, 1));
-    nodes[mover].spawn(None);
+    nodes[mover].start(&format!("{}:{PORT}", lab.ip(mover, 1)), None, POLL);
     let st = nodes[mover].status();
     assert_ne!(st["node_id"], old_id, "no new node id on a new address");
     for from in [0usize, 3, 5] {

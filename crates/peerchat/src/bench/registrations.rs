@@ -8,7 +8,10 @@
 //!    durable, `synchronous=FULL`, and a disk would measure the disk).
 //! 2. The storm: user `i` logs in ([`ChatNode::start`]: joins the DHT, fetches its
 //!    mailbox, claims its name, publishes its presence) `i × 5 ms` after the first,
-//!    bootstrapping from user `i − 1`; then every user announces itself again
+//!    bootstrapping from user `i − 1` (and `i − 2`, `i − 3`: on a loaded machine
+//!    the previous user's own join sometimes fails, and a newcomer that joins only
+//!    through it starts a second network that every later user joins too; the
+//!    original had the same weakness); then every user announces itself again
 //!    (name claim and presence, [`ChatClient::announce`]), as in the original.
 //!    "Registered" is the moment every user's announce has been acknowledged by
 //!    the network (its claim held by the nodes closest to its name).
@@ -448,9 +451,13 @@ impl Worker {
                 wait_listening(user_addr(i - 1, self.port), Duration::from_secs(5)).await;
             }
             let mut cfg = ChatConfig::new(self.dir.join(format!("u{i}")), user_addr(i, self.port));
-            if i > 0 {
-                cfg.bootstrap = vec![user_addr(i - 1, self.port)];
-            }
+            // The previous user, and the two before it in case its own join
+            // failed (a user alone would start a second network that every
+            // later user joins through).
+            cfg.bootstrap = (i.saturating_sub(3)..i)
+                .rev()
+                .map(|j| user_addr(j, self.port))
+                .collect();
             cfg.k = self.k;
             cfg.alpha = self.alpha;
             cfg.db_readers = 0;
@@ -961,7 +968,29 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
             }
         }
         runs.push(r);
+        // Written after every n: a long sweep stopped halfway keeps what it measured.
+        write_outputs(&args, &runs, sweep.elapsed().as_secs_f64(), false)?;
     }
+    let report = write_outputs(&args, &runs, sweep.elapsed().as_secs_f64(), true)?;
+    let failed: Vec<usize> = report
+        .runs
+        .iter()
+        .filter(|r| !r.success())
+        .map(|r| r.n)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the storm did not fully succeed for n = {failed:?} (see above)");
+    }
+    Ok(())
+}
+
+/// The fits, and the JSON report and plots if asked for; prints the fits when `last`.
+fn write_outputs(
+    args: &RegistrationsArgs,
+    runs: &[StormResult],
+    sweep_seconds: f64,
+    last: bool,
+) -> Result<Report> {
     let rpcs: Vec<(f64, f64)> = runs.iter().map(|r| (r.n as f64, r.rpcs_per_node)).collect();
     let hops: Vec<(f64, f64)> = runs
         .iter()
@@ -971,22 +1000,24 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rpcs_fit: fit_log2(&rpcs),
         hops_fit: fit_log2(&hops),
-        sweep_seconds: sweep.elapsed().as_secs_f64(),
-        runs,
+        sweep_seconds,
+        runs: runs.to_vec(),
     };
-    if let Some(f) = &report.rpcs_fit {
-        println!(
-            "RPCs per user = {:.1} + {:.2}·log2(n)   R² = {:.3}",
-            f.a, f.b, f.r2
-        );
+    if last {
+        if let Some(f) = &report.rpcs_fit {
+            println!(
+                "RPCs per user = {:.1} + {:.2}·log2(n)   R² = {:.3}",
+                f.a, f.b, f.r2
+            );
+        }
+        if let Some(f) = &report.hops_fit {
+            println!(
+                "lookup hops p50 = {:.2} + {:.2}·log2(n)   R² = {:.3}",
+                f.a, f.b, f.r2
+            );
+        }
+        println!("whole sweep: {:.1} s", report.sweep_seconds);
     }
-    if let Some(f) = &report.hops_fit {
-        println!(
-            "lookup hops p50 = {:.2} + {:.2}·log2(n)   R² = {:.3}",
-            f.a, f.b, f.r2
-        );
-    }
-    println!("whole sweep: {:.1} s", report.sweep_seconds);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -999,16 +1030,7 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
             report.hops_fit.as_ref(),
         )?;
     }
-    let failed: Vec<usize> = report
-        .runs
-        .iter()
-        .filter(|r| !r.success())
-        .map(|r| r.n)
-        .collect();
-    if !failed.is_empty() {
-        bail!("the storm did not fully succeed for n = {failed:?} (see above)");
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn line(r: &StormResult) -> String {

@@ -20,6 +20,13 @@ pub struct Config {
     pub request_timeout: Duration,
     /// After this a request is given up and its node charged with a failure.
     pub request_expiry: Duration,
+    /// A full bucket pings its least-recently-seen contact (to evict it if it
+    /// fails) only when that contact has been silent this long; a newcomer to
+    /// a full bucket of contacts heard from more recently waits in the
+    /// replacement cache. BEP 5 calls such contacts "questionable" after 15
+    /// minutes; a shorter wait finds dead contacts sooner, and any wait at all
+    /// spares a node joining a busy network one ping per newcomer it sees.
+    pub ping_oldest_after: Duration,
     /// Buckets not changed for this long are refreshed with a lookup.
     pub refresh_interval: Duration,
     /// Records stored for others are dropped after this (BEP 44 suggests 2 hours).
@@ -50,6 +57,7 @@ impl Default for Config {
             alpha: DEFAULT_ALPHA,
             request_timeout: Duration::from_millis(1000),
             request_expiry: Duration::from_millis(4000),
+            ping_oldest_after: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(15 * 60),
             record_ttl: Duration::from_secs(2 * 60 * 60),
             republish_interval: Duration::from_secs(60 * 60),

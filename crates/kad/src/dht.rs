@@ -179,7 +179,7 @@ impl<S: RecordStore> Dht<S> {
         rng.fill_bytes(&mut secret);
         let next_tid = rng.next_u32();
         Dht {
-            table: RoutingTable::new(id, config.k),
+            table: RoutingTable::new(id, config.k).with_ping_after(config.ping_oldest_after),
             config,
             id,
             store,

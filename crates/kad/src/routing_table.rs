@@ -59,6 +59,9 @@ pub enum Insert {
     /// The bucket is full and an eviction ping is already under way; the
     /// contact waits in the replacement cache.
     Pending,
+    /// The bucket is full of contacts heard from recently (none silent for
+    /// the table's ping-after time); the contact waits in the replacement cache.
+    Cached,
     /// Not inserted (our own id, the same id at another address, or a new id
     /// at the address of a contact).
     Ignored,
@@ -123,6 +126,8 @@ pub struct RoutingTable {
     buckets: Vec<Bucket>,
     len: usize,
     addrs: AddrFilter,
+    /// A full bucket's oldest contact is pinged only after this much silence.
+    ping_after: Duration,
 }
 
 impl RoutingTable {
@@ -134,7 +139,15 @@ impl RoutingTable {
             buckets: Vec::new(),
             len: 0,
             addrs: AddrFilter::default(),
+            ping_after: Duration::ZERO,
         }
+    }
+
+    /// Pings a full bucket's oldest contact (to evict it if it fails) only
+    /// when it has been silent for `d` (default: always).
+    pub fn with_ping_after(mut self, d: Duration) -> RoutingTable {
+        self.ping_after = d;
+        self
     }
 
     /// Our own id.
@@ -280,6 +293,8 @@ impl RoutingTable {
         let oldest = &mut bucket.entries[0];
         if oldest.pinging {
             Insert::Pending
+        } else if now.saturating_duration_since(oldest.last_seen) < self.ping_after {
+            Insert::Cached
         } else {
             oldest.pinging = true;
             Insert::PingOldest(oldest.node)
@@ -435,6 +450,29 @@ mod tests {
             id,
             addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
         }
+    }
+
+    #[test]
+    fn full_bucket_pings_only_a_contact_silent_long_enough() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(60);
+        let mut t = RoutingTable::new(NodeId::ZERO, 1).with_ping_after(after);
+        let old = info(NodeId([0x81; 20]), 1);
+        assert_eq!(t.insert(old, t0), Insert::Added);
+        // Heard from 59 s ago: the newcomer waits, no ping.
+        let new = info(NodeId([0x82; 20]), 2);
+        assert_eq!(
+            t.insert(new, t0 + after - Duration::from_secs(1)),
+            Insert::Cached
+        );
+        assert_eq!(t.bucket(159).map(|b| b.replacements.len()), Some(1));
+        // Silent for a minute: now it is pinged.
+        let newer = info(NodeId([0x83; 20]), 3);
+        assert_eq!(t.insert(newer, t0 + after), Insert::PingOldest(old));
+        // It fails: the most recent newcomer takes its place.
+        assert!(t.on_failure(&old.id, t0 + after));
+        assert_eq!(t.get(&newer.id).map(|e| e.node), Some(newer));
+        assert!(t.get(&old.id).is_none());
     }
 
     #[test]

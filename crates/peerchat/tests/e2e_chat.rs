@@ -124,38 +124,52 @@ fn assert_exactly_once(node: &Node, from: &Node, want: &BTreeMap<String, String>
 
 /// Waits until every message of `ids` is `delivered` (or `read`) at `sender`.
 fn wait_delivered(sender: &Node, to: &str, ids: &BTreeMap<String, String>) {
+    wait_states(sender, to, ids, &["delivered", "read"]);
+}
+
+/// Waits until every message of `ids` at `sender` is in one of `accept`.
+fn wait_states(sender: &Node, to: &str, ids: &BTreeMap<String, String>, accept: &[&str]) {
+    let ok = |s: Option<&String>| s.is_some_and(|s| accept.contains(&s.as_str()));
     wait_for(
         || {
             let states = sender.states(to);
             let pending: Vec<String> = ids
                 .iter()
-                .filter(|(id, _)| {
-                    !matches!(
-                        states.get(*id).map(String::as_str),
-                        Some("delivered" | "read")
-                    )
-                })
+                .filter(|(id, _)| !ok(states.get(*id)))
                 .take(5)
                 .map(|(id, text)| format!("{text:?}: {:?}", states.get(id)))
                 .collect();
             format!(
-                "{}'s messages to {to} to reach `delivered`; not yet (first 5): {pending:?}",
+                "{}'s messages to {to} to reach {accept:?}; not yet (first 5): {pending:?}",
                 sender.name
             )
         },
         NET_TIMEOUT,
         || {
             let states = sender.states(to);
-            ids.keys()
-                .all(|id| {
-                    matches!(
-                        states.get(id).map(String::as_str),
-                        Some("delivered" | "read")
-                    )
-                })
-                .then_some(())
+            ids.keys().all(|id| ok(states.get(id))).then_some(())
         },
     );
+}
+
+/// `n` users on 127.0.0.`base`.. : the first starts a network, the others
+/// join through it, 8 at a time.
+fn start_crowd(root: &Path, prefix: &str, base: u8, n: u8) -> Vec<Node> {
+    let mut nodes = vec![start(root, &format!("{prefix}0"), base, None)];
+    let rest: Vec<u8> = (1..n).collect();
+    for chunk in rest.chunks(8) {
+        let started: Vec<Node> = thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    s.spawn(move || start(root, &format!("{prefix}{i}"), base + i, Some(base)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        nodes.extend(started);
+    }
+    nodes
 }
 
 /// `n` relays on 127.0.0.`base`.. , each joining through the first.
@@ -174,13 +188,13 @@ fn one(id: String, text: &str) -> BTreeMap<String, String> {
 
 // ----- scenarios -----------------------------------------------------------------
 
-/// 12 users join one after another, each through the previous one; every
-/// user resolves every other name to the right key.
+/// 20 users (the paper's registrations) join one after another, each through
+/// the previous one; every user resolves every other name to the right key.
 #[test]
 fn registrations() {
     let tmp = TempDir::new().unwrap();
-    const N: u8 = 12;
-    const BASE: u8 = 2; // 127.0.0.2 ..= 127.0.0.13
+    const N: u8 = 20;
+    const BASE: u8 = 100; // 127.0.0.100 ..= 127.0.0.119
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..N {
         let boot = (i > 0).then(|| BASE + i - 1);
@@ -225,22 +239,16 @@ fn registrations() {
     });
 }
 
-/// 12 users; 4 senders each write to 4 recipients: every message arrives
-/// exactly once and reaches `delivered` at its sender.
+/// 80 users (the paper's sends); 20 senders each write to 20 recipients: every
+/// message arrives exactly once and reaches `delivered` at its sender.
 #[test]
 fn sends() {
     let tmp = TempDir::new().unwrap();
-    const N: u8 = 12;
-    const BASE: u8 = 20; // 127.0.0.20 ..= 127.0.0.31
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..N {
-        let boot = (i > 0).then_some(BASE);
-        nodes.push(start(tmp.path(), &format!("snd{i}"), BASE + i, boot));
-    }
+    let nodes = start_crowd(tmp.path(), "snd", 120, 80); // 127.0.0.120 ..= 127.0.0.199
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_claimed(&refs);
-    let senders = &nodes[0..4];
-    let recipients = &nodes[6..10];
+    let senders = &nodes[0..20];
+    let recipients = &nodes[40..60];
 
     // (sender, recipient) -> id -> text
     let mut sent: BTreeMap<(usize, usize), BTreeMap<String, String>> = BTreeMap::new();
@@ -267,17 +275,28 @@ fn sends() {
         }
     });
 
-    for (ri, b) in recipients.iter().enumerate() {
-        for (si, a) in senders.iter().enumerate() {
-            wait_inbox(b, a, &sent[&(si, ri)]);
-        }
-        assert_eq!(b.inbox().len(), senders.len(), "{}'s inbox size", b.name);
-    }
-    for (si, a) in senders.iter().enumerate() {
+    // Checked one recipient (then one sender) per thread: 800 CLI calls.
+    thread::scope(|s| {
         for (ri, b) in recipients.iter().enumerate() {
-            wait_delivered(a, &b.name, &sent[&(si, ri)]);
+            let sent = &sent;
+            s.spawn(move || {
+                for (si, a) in senders.iter().enumerate() {
+                    wait_inbox(b, a, &sent[&(si, ri)]);
+                }
+                assert_eq!(b.inbox().len(), senders.len(), "{}'s inbox size", b.name);
+            });
         }
-    }
+    });
+    thread::scope(|s| {
+        for (si, a) in senders.iter().enumerate() {
+            let sent = &sent;
+            s.spawn(move || {
+                for (ri, b) in recipients.iter().enumerate() {
+                    wait_delivered(a, &b.name, &sent[&(si, ri)]);
+                }
+            });
+        }
+    });
 }
 
 /// The recipient is offline when the message is sent; it comes back (same
@@ -583,4 +602,86 @@ fn kill9_while_receiving() {
     thread::sleep(Duration::from_secs(2));
     assert_exactly_once(&bob, &alice, &sent);
     assert_eq!(bob.inbox().len(), TOTAL, "bob's inbox size");
+}
+
+/// The paper's churn scenario: 30 users for a while; 80% of them send, 20% log
+/// off first, half of those come back (one of them, 30% of the returners, on a
+/// new address and with no bootstrap address). Every message reaches an online
+/// or returning recipient exactly once and turns `delivered`; messages to
+/// users still away are held by relays (`relayed`), none lost.
+#[test]
+fn churn() {
+    let tmp = TempDir::new().unwrap();
+    let mut nodes = start_crowd(tmp.path(), "chu", 200, 30); // 127.0.0.200 ..= 127.0.0.229
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_claimed(&refs);
+    // 20% log off.
+    let (senders, away) = (0..24usize, 24..30usize);
+    for i in away.clone() {
+        nodes[i].stop();
+    }
+
+    // Sender i writes to an online user and to one of those away.
+    let mut sent: BTreeMap<(usize, usize), BTreeMap<String, String>> = BTreeMap::new();
+    thread::scope(|s| {
+        let nodes = &nodes;
+        let handles: Vec<_> = senders
+            .clone()
+            .map(|i| {
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for j in [(i + 1) % 24, 24 + i % 6] {
+                        let text = format!("churn hello {} from {}", nodes[j].name, nodes[i].name);
+                        mine.push(((i, j), nodes[i].send(&nodes[j].name, &text), text));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for h in handles {
+            for (k, id, text) in h.join().unwrap() {
+                sent.entry(k).or_default().insert(id, text);
+            }
+        }
+    });
+    // Messages to users away are held by relays.
+    for ((i, j), ids) in &sent {
+        if *j >= 24 {
+            wait_states(&nodes[*i], &nodes[*j].name, ids, &["relayed"]);
+        }
+    }
+
+    // Half of those away come back; the first on a new address, no bootstrap.
+    restart(&mut nodes[24], 230, None);
+    restart(&mut nodes[25], 225, Some(200));
+    restart(&mut nodes[26], 226, Some(200));
+    assert_eq!(nodes[24].status()["listen"], addr(230).as_str());
+
+    for ((i, j), ids) in &sent {
+        let (a, b) = (&nodes[*i], &nodes[*j]);
+        if *j < 27 {
+            wait_inbox(b, a, ids);
+            wait_delivered(a, &b.name, ids);
+        } else {
+            // Still away: still held, never lost.
+            assert!(
+                a.states(&b.name)
+                    .iter()
+                    .filter(|(id, _)| ids.contains_key(*id))
+                    .all(|(_, st)| st == "relayed"),
+                "{}'s messages to {} (away) are not all `relayed`",
+                a.name,
+                b.name
+            );
+        }
+    }
+    // Each online or returning user got exactly what was sent to it, once.
+    for (j, b) in nodes.iter().enumerate().take(27) {
+        let expected: usize = sent
+            .iter()
+            .filter(|((_, to), _)| *to == j)
+            .map(|(_, ids)| ids.len())
+            .sum();
+        assert_eq!(b.inbox().len(), expected, "{}'s inbox size", b.name);
+    }
 }

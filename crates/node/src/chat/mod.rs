@@ -5,12 +5,12 @@
 
 mod delivery;
 mod directory;
+#[doc(hidden)]
+pub mod fuzz;
 mod link;
 mod relay;
 pub mod views;
 mod wire;
-#[doc(hidden)]
-pub mod fuzz;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -65,28 +65,48 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let (_, mut resp) = pair();
-            let mut stream = rest;
-            while let Some((msg, tail)) = split_frame(stream) {
-                if open_frame(&mut resp, msg).is_ok() {
-                    panic!("a forged frame decrypted");
+            FORGED.with_borrow_mut(|pair_cell| {
+                let (_, resp) = pair_cell.get_or_insert_with(pair);
+                let mut stream = rest;
+                while let Some((msg, tail)) = split_frame(stream) {
+                    if open_frame(resp, msg).is_ok() {
+                        panic!("a forged frame decrypted");
+                    }
+                    stream = tail;
                 }
-                stream = tail;
-            }
+            });
         }
         _ => {
-            let (mut init, mut resp) = pair();
-            let mut buf = vec![0u8; 65535];
-            let Ok(n) = init.write_message(rest, &mut buf) else {
-                return;
-            };
-            let mut framed = (n as u16).to_be_bytes().to_vec();
-            framed.extend_from_slice(&buf[..n]);
-            let (msg, tail) = split_frame(&framed).expect("one whole frame");
-            assert!(tail.is_empty());
-            let plain = open_frame(&mut resp, msg).expect("a genuine frame decrypts");
-            assert_eq!(plain, rest);
-            let _ = decode_session_frame(&plain);
+            // One established pair per process: genuine frames keep both ends'
+            // nonces in step, so the handshakes need not be redone each time.
+            GENUINE.with_borrow_mut(|pair_cell| {
+                let (init, resp) = pair_cell.get_or_insert_with(pair);
+                genuine_frame(init, resp, rest);
+            });
         }
     }
 });
+
+thread_local! {
+    /// The session forged frames are thrown at.
+    static FORGED: std::cell::RefCell<Option<(snow::TransportState, snow::TransportState)>> =
+        const { std::cell::RefCell::new(None) };
+    /// The session genuine frames go through.
+    static GENUINE: std::cell::RefCell<Option<(snow::TransportState, snow::TransportState)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sends `rest` as a genuine frame from `init` to `resp`, then decodes it as a chat frame.
+fn genuine_frame(init: &mut snow::TransportState, resp: &mut snow::TransportState, rest: &[u8]) {
+    let mut buf = vec![0u8; 65535];
+    let Ok(n) = init.write_message(rest, &mut buf) else {
+        return;
+    };
+    let mut framed = (n as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&buf[..n]);
+    let (msg, tail) = split_frame(&framed).expect("one whole frame");
+    assert!(tail.is_empty());
+    let plain = open_frame(resp, msg).expect("a genuine frame decrypts");
+    assert_eq!(plain, rest);
+    let _ = decode_session_frame(&plain);
+}

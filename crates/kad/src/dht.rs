@@ -1044,6 +1044,7 @@ impl<S: RecordStore> Dht<S> {
                         if !p.resent {
                             p.resent = true;
                             let dst = p.dst;
+                            let lookup = matches!(p.purpose, Purpose::Lookup(_));
                             // Rebuilt rather than kept: requests in flight stay small.
                             let query = match p.purpose {
                                 Purpose::EvictionPing => Some(Query::Ping),
@@ -1052,6 +1053,14 @@ impl<S: RecordStore> Dht<S> {
                             if let Some(query) = query {
                                 self.stats.retransmits += 1;
                                 self.transmit_query(dst, tid, query);
+                            }
+                            // Wake the lookup again when it stops waiting for
+                            // the resent answer (see `PeerState::Stalled`).
+                            if lookup {
+                                self.timers.push(Reverse((
+                                    now + self.config.request_timeout,
+                                    Timer::Stall(tid, q.0),
+                                )));
                             }
                         }
                         if let Some(run) = self.queries.get_mut(&q) {

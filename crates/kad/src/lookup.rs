@@ -7,7 +7,8 @@
 //! timeout stops counting as in flight ("stalled"), so one slow node never
 //! holds the lookup back; its reply is still used if it arrives while the
 //! lookup runs. The lookup ends when the `k` closest nodes it has heard of
-//! that did not fail or stall have all answered, or when nothing is left to ask.
+//! that did not fail have all answered (a stalled one is waited for one more
+//! request timeout), or when nothing is left to ask.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,8 +29,10 @@ pub enum PeerState {
     NotContacted,
     /// Asked; the answer is due before the deadline.
     Waiting(Instant),
-    /// Asked, and the deadline passed: no longer counted in flight.
-    Stalled,
+    /// Asked, and the deadline passed: no longer counted in flight. Its
+    /// (resent) answer is still waited for until this instant before the
+    /// lookup may end without it.
+    Stalled(Instant),
     /// Answered.
     Succeeded,
     /// Failed (an error, or given up on).
@@ -182,13 +185,19 @@ impl Lookup {
             }
             match c.state {
                 PeerState::Succeeded => succeeded += 1,
+                // A stalled request no longer holds a slot, but its resent
+                // answer may still come: among the k closest, it is waited for
+                // one more request timeout before the lookup may end without it
+                // (else one lost datagram could leave out the closest node).
                 PeerState::Waiting(_) => waiting = true,
+                PeerState::Stalled(until) if now < until => waiting = true,
+                PeerState::Stalled(_) => {}
                 PeerState::NotContacted => {
                     if to_query.is_none() {
                         to_query = Some(*d);
                     }
                 }
-                PeerState::Stalled | PeerState::Failed => {}
+                PeerState::Failed => {}
             }
         }
         match to_query {
@@ -235,7 +244,7 @@ impl Lookup {
             return;
         };
         let was_waiting = matches!(c.state, PeerState::Waiting(_));
-        if !matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled) {
+        if !matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled(_)) {
             return;
         }
         c.state = PeerState::Succeeded;
@@ -258,7 +267,7 @@ impl Lookup {
             return;
         };
         let was_waiting = matches!(c.state, PeerState::Waiting(_));
-        if matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled) {
+        if matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled(_)) {
             c.state = PeerState::Failed;
         }
         if was_waiting {
@@ -273,7 +282,7 @@ impl Lookup {
             if let PeerState::Waiting(deadline) = c.state
                 && deadline <= now
             {
-                c.state = PeerState::Stalled;
+                c.state = PeerState::Stalled(now + self.config.request_timeout);
                 n += 1;
             }
         }

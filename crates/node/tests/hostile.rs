@@ -28,6 +28,17 @@ async fn start(dir: &Path, name: &str, boot: Option<SocketAddr>, relay: RelayCon
     ChatNode::start(cfg).await.unwrap()
 }
 
+/// A node with the default relay settings, joining through `relay`.
+async fn join(root: &Path, name: &str, relay: &ChatNode) -> ChatNode {
+    start(
+        &root.join(name),
+        name,
+        Some(relay.listen_addr()),
+        RelayConfig::default(),
+    )
+    .await
+}
+
 async fn wait_for<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -146,20 +157,8 @@ async fn a_store_flood_from_one_address_is_capped_and_honest_senders_get_through
     };
     let relay = start(&tmp.path().join("relay"), "relay", None, quota.clone()).await;
     // A third node, so that records have a storer other than the one looking.
-    let witness = start(
-        &tmp.path().join("witness"),
-        "witness",
-        Some(relay.listen_addr()),
-        RelayConfig::default(),
-    )
-    .await;
-    let bob = start(
-        &tmp.path().join("bob"),
-        "bob",
-        Some(relay.listen_addr()),
-        RelayConfig::default(),
-    )
-    .await;
+    let witness = join(tmp.path(), "witness", &relay).await;
+    let bob = join(tmp.path(), "bob", &relay).await;
     let r = relay.client();
     wait_for("bob's presence at the relay", || async {
         r.whois("bob").await.is_ok_and(|w| w.presence_ms.is_some())
@@ -232,20 +231,8 @@ async fn replayed_envelopes_are_shown_once_and_tampered_ones_never() {
         RelayConfig::default(),
     )
     .await;
-    let witness = start(
-        &tmp.path().join("witness"),
-        "witness",
-        Some(relay.listen_addr()),
-        RelayConfig::default(),
-    )
-    .await;
-    let bob = start(
-        &tmp.path().join("bob"),
-        "bob",
-        Some(relay.listen_addr()),
-        RelayConfig::default(),
-    )
-    .await;
+    let witness = join(tmp.path(), "witness", &relay).await;
+    let bob = join(tmp.path(), "bob", &relay).await;
     let (r, b) = (relay.client(), bob.client());
     wait_for("bob's presence at the relay", || async {
         r.whois("bob").await.is_ok_and(|w| w.presence_ms.is_some())

@@ -141,7 +141,9 @@ pub struct Dht<S: RecordStore = MemoryStore> {
     next_tid: u32,
     pending: HashMap<u32, Pending>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    queries: HashMap<QueryId, Running>,
+    /// Boxed: a running query is large (its kind, lookup and results), and a
+    /// map never gives back the slots a burst made it grow to.
+    queries: HashMap<QueryId, Box<Running>>,
     next_query: u64,
     next_maintenance: Instant,
     last_rotation: Instant,
@@ -309,7 +311,7 @@ impl<S: RecordStore> Dht<S> {
         let lookup = Lookup::new(target, self.lookup_config(), seeds);
         self.queries.insert(
             id,
-            Running {
+            Box::new(Running {
                 kind,
                 lookup,
                 started: now,
@@ -320,7 +322,7 @@ impl<S: RecordStore> Dht<S> {
                 mutable: None,
                 storing: None,
                 seeds_out: 0,
-            },
+            }),
         );
         id
     }
@@ -966,6 +968,7 @@ impl<S: RecordStore> Dht<S> {
         let Some(run) = self.queries.remove(&q) else {
             return;
         };
+        let run = *run;
         let target = run.lookup.target();
         let stats = QueryStats {
             hops: run.hops,
@@ -1048,7 +1051,7 @@ impl<S: RecordStore> Dht<S> {
                             // Rebuilt rather than kept: requests in flight stay small.
                             let query = match p.purpose {
                                 Purpose::EvictionPing => Some(Query::Ping),
-                                _ => self.queries.get(&q).map(Running::lookup_query),
+                                _ => self.queries.get(&q).map(|r| r.lookup_query()),
                             };
                             if let Some(query) = query {
                                 self.stats.retransmits += 1;

@@ -10,7 +10,6 @@
 //! that did not fail have all answered (a stalled one is waited for one more
 //! request timeout), or when nothing is left to ask.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::id::{Distance, NodeId};
@@ -79,7 +78,11 @@ pub struct LookupConfig {
 pub struct Lookup {
     target: NodeId,
     config: LookupConfig,
-    candidates: BTreeMap<Distance, Candidate>,
+    /// Sorted by distance to the target, closest first, no two with the same
+    /// id. A vector sized to the cap rather than a tree: a lookup holds up to
+    /// `CANDIDATES_PER_K * k + CANDIDATES_EXTRA` of them, and a node joining
+    /// runs lookups back to back, so their bytes are a good part of its memory.
+    candidates: Vec<Candidate>,
     in_flight: usize,
     finished: bool,
 }
@@ -100,7 +103,7 @@ impl Lookup {
         let mut l = Lookup {
             target,
             config,
-            candidates: BTreeMap::new(),
+            candidates: Vec::new(),
             in_flight: 0,
             finished: false,
         };
@@ -130,11 +133,21 @@ impl Lookup {
         self.finished = true;
     }
 
+    fn distance(&self, c: &Candidate) -> Distance {
+        c.node.id.distance(&self.target)
+    }
+
+    /// The position of the candidate at distance `d`, or where it would go.
+    fn search(&self, d: &Distance) -> Result<usize, usize> {
+        self.candidates
+            .binary_search_by(|c| c.node.id.distance(&self.target).cmp(d))
+    }
+
     fn add_candidate(&mut self, node: NodeInfo, hop: u32) {
         let d = node.id.distance(&self.target);
-        if self.candidates.contains_key(&d) {
+        let Err(mut at) = self.search(&d) else {
             return;
-        }
+        };
         let cap = self.config.k * CANDIDATES_PER_K + CANDIDATES_EXTRA;
         if self.candidates.len() >= cap {
             // Make room: a failed candidate is of no more use; else the farthest
@@ -143,24 +156,30 @@ impl Lookup {
             let failed = self
                 .candidates
                 .iter()
-                .rev()
-                .find(|(_, c)| c.state == PeerState::Failed)
-                .map(|(d, _)| *d);
+                .rposition(|c| c.state == PeerState::Failed);
             let victim = failed.or_else(|| {
                 self.candidates
                     .iter()
-                    .rev()
-                    .find(|(_, c)| c.state == PeerState::NotContacted)
-                    .map(|(d, _)| *d)
-                    .filter(|far| *far > d)
+                    .rposition(|c| c.state == PeerState::NotContacted)
+                    .filter(|&i| self.distance(&self.candidates[i]) > d)
             });
             let Some(victim) = victim else {
                 return;
             };
-            self.candidates.remove(&victim);
+            self.candidates.remove(victim);
+            if victim < at {
+                at -= 1;
+            }
+        }
+        if self.candidates.len() == self.candidates.capacity() {
+            // Grow 8, 16, 32, then straight to the cap: doubling past it would
+            // leave most of the last allocation empty.
+            let want = (self.candidates.capacity() * 2).clamp(8, cap.max(8));
+            self.candidates
+                .reserve_exact(want.saturating_sub(self.candidates.len()).max(1));
         }
         self.candidates.insert(
-            d,
+            at,
             Candidate {
                 node,
                 state: PeerState::NotContacted,
@@ -178,8 +197,8 @@ impl Lookup {
         }
         let mut succeeded = 0;
         let mut waiting = false;
-        let mut to_query: Option<Distance> = None;
-        for (d, c) in &self.candidates {
+        let mut to_query: Option<usize> = None;
+        for (i, c) in self.candidates.iter().enumerate() {
             if succeeded >= self.config.k {
                 break;
             }
@@ -194,16 +213,16 @@ impl Lookup {
                 PeerState::Stalled(_) => {}
                 PeerState::NotContacted => {
                     if to_query.is_none() {
-                        to_query = Some(*d);
+                        to_query = Some(i);
                     }
                 }
                 PeerState::Failed => {}
             }
         }
         match to_query {
-            Some(d) if self.in_flight < self.config.alpha => {
+            Some(i) if self.in_flight < self.config.alpha => {
                 let deadline = now + self.config.request_timeout;
-                let Some(c) = self.candidates.get_mut(&d) else {
+                let Some(c) = self.candidates.get_mut(i) else {
                     return Next::Wait;
                 };
                 c.state = PeerState::Waiting(deadline);
@@ -220,7 +239,8 @@ impl Lookup {
     }
 
     fn state_of(&mut self, id: &NodeId) -> Option<&mut Candidate> {
-        self.candidates.get_mut(&id.distance(&self.target))
+        let i = self.search(&id.distance(&self.target)).ok()?;
+        self.candidates.get_mut(i)
     }
 
     /// Adds a node that already answered outside the lookup (a bootstrap node
@@ -278,7 +298,7 @@ impl Lookup {
     /// Marks requests past their deadline as stalled. Returns how many.
     pub fn on_timeout(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        for c in self.candidates.values_mut() {
+        for c in &mut self.candidates {
             if let PeerState::Waiting(deadline) = c.state
                 && deadline <= now
             {
@@ -293,7 +313,7 @@ impl Lookup {
     /// The earliest deadline of a request in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.candidates
-            .values()
+            .iter()
             .filter_map(|c| match c.state {
                 PeerState::Waiting(d) => Some(d),
                 _ => None,
@@ -303,15 +323,14 @@ impl Lookup {
 
     /// Hops of the node `id` (1 for a seed), if it is a candidate.
     pub fn hop_of(&self, id: &NodeId) -> Option<u32> {
-        self.candidates
-            .get(&id.distance(&self.target))
-            .map(|c| c.hop)
+        let i = self.search(&id.distance(&self.target)).ok()?;
+        self.candidates.get(i).map(|c| c.hop)
     }
 
     /// The `k` closest nodes that answered, closest first, with their tokens.
     pub fn closest_succeeded(&self) -> Vec<&Candidate> {
         self.candidates
-            .values()
+            .iter()
             .filter(|c| c.state == PeerState::Succeeded)
             .take(self.config.k)
             .collect()
@@ -319,7 +338,7 @@ impl Lookup {
 
     /// Every candidate, closest first.
     pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
-        self.candidates.values()
+        self.candidates.iter()
     }
 }
 

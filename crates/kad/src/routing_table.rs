@@ -188,6 +188,9 @@ impl RoutingTable {
     fn bucket_for_insert(&mut self, id: &NodeId) -> Option<usize> {
         let p = 159 - self.own.distance(id).bucket_index()?;
         if self.buckets.len() <= p {
+            // Exactly as deep as needed: the table deepens a bucket at a time
+            // and then stays, so doubling would leave slots empty for good.
+            self.buckets.reserve_exact(p + 1 - self.buckets.len());
             self.buckets.resize_with(p + 1, Bucket::default);
         }
         Some(p)

@@ -72,7 +72,16 @@ pub async fn spawn(config: NodeConfig) -> Result<(NodeHandle, JoinHandle<()>), N
         addr,
         live_contacts: live.clone(),
     };
-    let task = tokio::spawn(run(dht, socket, addr, rx, live, config.extensions));
+    // Boxed: the task's future would otherwise hold the core twice (as the
+    // argument and as the local it is moved to), some 1.5 kB each.
+    let task = tokio::spawn(run(
+        Box::new(dht),
+        socket,
+        addr,
+        rx,
+        live,
+        config.extensions,
+    ));
     Ok((handle, task))
 }
 
@@ -96,7 +105,7 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Runs the core until shutdown or until every handle is dropped.
 async fn run(
-    mut dht: Dht,
+    mut dht: Box<Dht>,
     socket: UdpSocket,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Command>,

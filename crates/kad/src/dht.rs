@@ -888,7 +888,7 @@ impl<S: RecordStore> Dht<S> {
                 .lookup
                 .closest_succeeded()
                 .first()
-                .map(|c| c.hop)
+                .map(|c| c.hop())
                 .unwrap_or(0);
         }
         let target = run.lookup.target();
@@ -896,7 +896,11 @@ impl<S: RecordStore> Dht<S> {
             .lookup
             .closest_succeeded()
             .into_iter()
-            .filter_map(|c| c.token.clone().map(|t| (c.node, t)))
+            .filter_map(|c| {
+                run.lookup
+                    .token_of(&c.node.id)
+                    .map(|t| (c.node, t.to_vec()))
+            })
             .collect();
         let query = match &run.kind {
             Kind::Announce { port } => Some(|token: Vec<u8>| Query::AnnouncePeer {

@@ -38,17 +38,58 @@ pub enum PeerState {
     Failed,
 }
 
+/// A [`PeerState`] without its instant (kept beside it, in [`Candidate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    NotContacted,
+    Waiting,
+    Stalled,
+    Succeeded,
+    Failed,
+}
+
 /// One candidate of a lookup.
+///
+/// Packed to 72 bytes (a lookup holds dozens, and a node joining runs them
+/// back to back): the state's instant sits beside a one-byte phase, and write
+/// tokens, which only `get_peers` and `get` answers carry, live in the lookup.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     /// The node.
     pub node: NodeInfo,
+    /// Hops from us: 1 for the nodes we started from (saturating).
+    hop: u16,
+    phase: Phase,
+    /// The instant of `Waiting` and `Stalled`.
+    until: Option<Instant>,
+}
+
+impl Candidate {
     /// Its state.
-    pub state: PeerState,
+    pub fn state(&self) -> PeerState {
+        match (self.phase, self.until) {
+            (Phase::Waiting, Some(t)) => PeerState::Waiting(t),
+            (Phase::Stalled, Some(t)) => PeerState::Stalled(t),
+            (Phase::Succeeded, _) => PeerState::Succeeded,
+            (Phase::Failed, _) => PeerState::Failed,
+            _ => PeerState::NotContacted,
+        }
+    }
+
+    fn set_state(&mut self, state: PeerState) {
+        (self.phase, self.until) = match state {
+            PeerState::NotContacted => (Phase::NotContacted, None),
+            PeerState::Waiting(t) => (Phase::Waiting, Some(t)),
+            PeerState::Stalled(t) => (Phase::Stalled, Some(t)),
+            PeerState::Succeeded => (Phase::Succeeded, None),
+            PeerState::Failed => (Phase::Failed, None),
+        };
+    }
+
     /// Hops from us: 1 for the nodes we started from.
-    pub hop: u32,
-    /// The write token it gave, for a later `announce_peer` or `put`.
-    pub token: Option<Vec<u8>>,
+    pub fn hop(&self) -> u32 {
+        u32::from(self.hop)
+    }
 }
 
 /// What to do next.
@@ -83,6 +124,9 @@ pub struct Lookup {
     /// `CANDIDATES_PER_K * k + CANDIDATES_EXTRA` of them, and a node joining
     /// runs lookups back to back, so their bytes are a good part of its memory.
     candidates: Vec<Candidate>,
+    /// Write tokens of the candidates that gave one, for a later
+    /// `announce_peer` or `put` (one each: a candidate answers once).
+    tokens: Vec<(NodeId, Vec<u8>)>,
     in_flight: usize,
     finished: bool,
 }
@@ -104,6 +148,7 @@ impl Lookup {
             target,
             config,
             candidates: Vec::new(),
+            tokens: Vec::new(),
             in_flight: 0,
             finished: false,
         };
@@ -156,11 +201,11 @@ impl Lookup {
             let failed = self
                 .candidates
                 .iter()
-                .rposition(|c| c.state == PeerState::Failed);
+                .rposition(|c| c.phase == Phase::Failed);
             let victim = failed.or_else(|| {
                 self.candidates
                     .iter()
-                    .rposition(|c| c.state == PeerState::NotContacted)
+                    .rposition(|c| c.phase == Phase::NotContacted)
                     .filter(|&i| self.distance(&self.candidates[i]) > d)
             });
             let Some(victim) = victim else {
@@ -182,9 +227,9 @@ impl Lookup {
             at,
             Candidate {
                 node,
-                state: PeerState::NotContacted,
-                hop,
-                token: None,
+                hop: u16::try_from(hop).unwrap_or(u16::MAX),
+                phase: Phase::NotContacted,
+                until: None,
             },
         );
     }
@@ -202,7 +247,7 @@ impl Lookup {
             if succeeded >= self.config.k {
                 break;
             }
-            match c.state {
+            match c.state() {
                 PeerState::Succeeded => succeeded += 1,
                 // A stalled request no longer holds a slot, but its resent
                 // answer may still come: among the k closest, it is waited for
@@ -225,7 +270,7 @@ impl Lookup {
                 let Some(c) = self.candidates.get_mut(i) else {
                     return Next::Wait;
                 };
-                c.state = PeerState::Waiting(deadline);
+                c.set_state(PeerState::Waiting(deadline));
                 self.in_flight += 1;
                 Next::Query(c.node)
             }
@@ -248,10 +293,10 @@ impl Lookup {
     pub fn add_succeeded(&mut self, node: NodeInfo, closer: &[NodeInfo], token: Option<Vec<u8>>) {
         self.add_candidate(node, 1);
         if let Some(c) = self.state_of(&node.id)
-            && c.state == PeerState::NotContacted
+            && c.phase == Phase::NotContacted
         {
-            c.state = PeerState::Succeeded;
-            c.token = token;
+            c.set_state(PeerState::Succeeded);
+            self.keep_token(node.id, token);
         }
         for n in closer {
             self.add_candidate(*n, 2);
@@ -263,13 +308,13 @@ impl Lookup {
         let Some(c) = self.state_of(id) else {
             return;
         };
-        let was_waiting = matches!(c.state, PeerState::Waiting(_));
-        if !matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled(_)) {
+        let was_waiting = c.phase == Phase::Waiting;
+        if !matches!(c.phase, Phase::Waiting | Phase::Stalled) {
             return;
         }
-        c.state = PeerState::Succeeded;
-        c.token = token;
-        let hop = c.hop + 1;
+        c.set_state(PeerState::Succeeded);
+        let hop = c.hop().saturating_add(1);
+        self.keep_token(*id, token);
         if was_waiting {
             self.in_flight -= 1;
         }
@@ -286,9 +331,9 @@ impl Lookup {
         let Some(c) = self.state_of(id) else {
             return;
         };
-        let was_waiting = matches!(c.state, PeerState::Waiting(_));
-        if matches!(c.state, PeerState::Waiting(_) | PeerState::Stalled(_)) {
-            c.state = PeerState::Failed;
+        let was_waiting = c.phase == Phase::Waiting;
+        if matches!(c.phase, Phase::Waiting | Phase::Stalled) {
+            c.set_state(PeerState::Failed);
         }
         if was_waiting {
             self.in_flight -= 1;
@@ -299,10 +344,10 @@ impl Lookup {
     pub fn on_timeout(&mut self, now: Instant) -> usize {
         let mut n = 0;
         for c in &mut self.candidates {
-            if let PeerState::Waiting(deadline) = c.state
+            if let PeerState::Waiting(deadline) = c.state()
                 && deadline <= now
             {
-                c.state = PeerState::Stalled(now + self.config.request_timeout);
+                c.set_state(PeerState::Stalled(now + self.config.request_timeout));
                 n += 1;
             }
         }
@@ -314,7 +359,7 @@ impl Lookup {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.candidates
             .iter()
-            .filter_map(|c| match c.state {
+            .filter_map(|c| match c.state() {
                 PeerState::Waiting(d) => Some(d),
                 _ => None,
             })
@@ -324,14 +369,29 @@ impl Lookup {
     /// Hops of the node `id` (1 for a seed), if it is a candidate.
     pub fn hop_of(&self, id: &NodeId) -> Option<u32> {
         let i = self.search(&id.distance(&self.target)).ok()?;
-        self.candidates.get(i).map(|c| c.hop)
+        self.candidates.get(i).map(Candidate::hop)
     }
 
-    /// The `k` closest nodes that answered, closest first, with their tokens.
+    fn keep_token(&mut self, id: NodeId, token: Option<Vec<u8>>) {
+        if let Some(t) = token {
+            self.tokens.push((id, t));
+        }
+    }
+
+    /// The write token the node `id` gave, if it answered with one.
+    pub fn token_of(&self, id: &NodeId) -> Option<&[u8]> {
+        self.tokens
+            .iter()
+            .find(|(n, _)| n == id)
+            .map(|(_, t)| t.as_slice())
+    }
+
+    /// The `k` closest nodes that answered, closest first (their tokens:
+    /// [`Lookup::token_of`]).
     pub fn closest_succeeded(&self) -> Vec<&Candidate> {
         self.candidates
             .iter()
-            .filter(|c| c.state == PeerState::Succeeded)
+            .filter(|c| c.phase == Phase::Succeeded)
             .take(self.config.k)
             .collect()
     }
@@ -483,6 +543,40 @@ mod tests {
                     "live node {:?} heard of but missing from the result", want.id);
             }
         }
+    }
+
+    #[test]
+    fn tokens_are_kept_for_the_nodes_that_gave_them() {
+        let now = Instant::now();
+        let cfg = LookupConfig {
+            k: 3,
+            alpha: 3,
+            request_timeout: Duration::from_millis(50),
+        };
+        let a = info(NodeId([1; 20]), 1);
+        let b = info(NodeId([2; 20]), 2);
+        let c = info(NodeId([3; 20]), 3);
+        let mut l = Lookup::new(NodeId::ZERO, cfg, [a, b]);
+        l.add_succeeded(c, &[], Some(b"tc".to_vec()));
+        assert_eq!(l.next(now), Next::Query(a));
+        assert_eq!(l.next(now), Next::Query(b));
+        l.on_success(&a.id, &[], Some(b"ta".to_vec()));
+        l.on_success(&b.id, &[], None);
+        // A second answer from a does not replace its token.
+        l.on_success(&a.id, &[], Some(b"again".to_vec()));
+        assert_eq!(l.token_of(&a.id), Some(&b"ta"[..]));
+        assert_eq!(l.token_of(&b.id), None);
+        assert_eq!(l.token_of(&c.id), Some(&b"tc"[..]));
+        let hops: Vec<u32> = l.closest_succeeded().iter().map(|c| c.hop()).collect();
+        assert_eq!(hops, vec![1, 1, 1]);
+        assert_eq!(l.next(now), Next::Done);
+    }
+
+    #[test]
+    fn candidates_stay_small() {
+        // A lookup holds up to 2k + 16 candidates, and every node joining runs
+        // lookups back to back: their size is a good part of a node's memory.
+        assert!(size_of::<Candidate>() <= 72);
     }
 
     #[test]

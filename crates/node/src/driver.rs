@@ -108,7 +108,7 @@ async fn run(
     mut dht: Box<Dht>,
     socket: UdpSocket,
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<Command>,
+    mut rx: mpsc::Receiver<Box<Command>>,
     live: Arc<AtomicUsize>,
     extensions: Option<mpsc::Sender<IncomingQuery>>,
 ) {
@@ -130,7 +130,7 @@ async fn run(
                 Ok(()) => receive(&mut dht, &socket),
                 Err(e) => tracing::trace!(%addr, "socket error: {e}"),
             },
-            cmd = rx.recv() => match cmd {
+            cmd = rx.recv() => match cmd.map(|c| *c) {
                 Some(Command::Query(kind, reply)) => {
                     let now = Instant::now();
                     let label = lookup_label(&kind, dht.id());

@@ -117,7 +117,9 @@ pub struct RecentLookup {
 /// A cloneable handle to a running node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
-    pub(crate) tx: mpsc::Sender<Command>,
+    /// Commands are boxed: the channel allocates its slots in blocks of 32
+    /// up front, and a node is mostly idle, so each slot is a pointer.
+    pub(crate) tx: mpsc::Sender<Box<Command>>,
     pub(crate) id: NodeId,
     pub(crate) addr: SocketAddr,
     pub(crate) live_contacts: Arc<AtomicUsize>,
@@ -142,7 +144,7 @@ impl NodeHandle {
     async fn query(&self, kind: QueryKind) -> Result<(Outcome, QueryStats), NodeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Query(Box::new(kind), tx))
+            .send(Box::new(Command::Query(Box::new(kind), tx)))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -288,11 +290,11 @@ impl NodeHandle {
         fields: BTreeMap<Vec<u8>, Value>,
     ) -> Result<(), NodeError> {
         self.tx
-            .send(Command::Respond(Box::new((
+            .send(Box::new(Command::Respond(Box::new((
                 q.from,
                 q.tid.clone(),
                 Ok(fields),
-            ))))
+            )))))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -305,11 +307,11 @@ impl NodeHandle {
         message: &str,
     ) -> Result<(), NodeError> {
         self.tx
-            .send(Command::Respond(Box::new((
+            .send(Box::new(Command::Respond(Box::new((
                 q.from,
                 q.tid.clone(),
                 Err((code, message.to_string())),
-            ))))
+            )))))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -317,7 +319,7 @@ impl NodeHandle {
     /// Adds contacts from a saved routing table (they are checked as usual).
     pub async fn add_contacts(&self, nodes: Vec<NodeInfo>) -> Result<(), NodeError> {
         self.tx
-            .send(Command::AddContacts(nodes))
+            .send(Box::new(Command::AddContacts(nodes)))
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -326,7 +328,7 @@ impl NodeHandle {
     pub async fn snapshot(&self) -> Result<NodeSnapshot, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Snapshot(tx))
+            .send(Box::new(Command::Snapshot(tx)))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -334,6 +336,6 @@ impl NodeHandle {
 
     /// Asks the node to stop.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let _ = self.tx.send(Box::new(Command::Shutdown)).await;
     }
 }

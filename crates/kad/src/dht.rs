@@ -20,8 +20,12 @@ use crate::stats::Stats;
 use crate::store::{Item, MemoryStore, RecordStore};
 use crate::token::Tokens;
 
-/// How often periodic work (refresh, expiry, republish) is checked.
+/// Soonest periodic work (refresh, expiry, republish) runs again after it ran;
+/// otherwise it runs when the first of its deadlines is due (see
+/// `Dht::next_maintenance_after`), not on every tick of a clock.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// How often stored records are expired and the per-IP query counts reset.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait before an empty table retries its bootstrap nodes (the wait
 /// doubles from one second after each failed attempt, with jitter, so a lost
 /// datagram costs seconds and a crowd of joiners does not retry in lockstep).
@@ -1001,6 +1005,7 @@ impl<S: RecordStore> Dht<S> {
         };
         if self.bootstrap_query == Some(q) {
             self.bootstrap_query = None;
+            self.maintenance_soon(now);
             self.events.push_back(Event::Bootstrapped {
                 contacts: self.table.len(),
             });
@@ -1026,6 +1031,7 @@ impl<S: RecordStore> Dht<S> {
             if self.joining && self.refresh_queries.is_empty() {
                 self.refresh_next(now);
             }
+            self.maintenance_soon(now);
             return;
         }
         self.events.push_back(Event::QueryDone {
@@ -1085,10 +1091,59 @@ impl<S: RecordStore> Dht<S> {
             }
         }
         if now >= self.next_maintenance {
-            self.next_maintenance = now + MAINTENANCE_EVERY;
             self.maintenance(now);
+            self.next_maintenance = self.next_maintenance_after(now);
+        }
+        if self.table.is_empty() {
+            // Failures may have emptied the table: its bootstrap retry is due soon.
+            self.maintenance_soon(now);
         }
         self.prune_timers();
+    }
+
+    /// Runs the periodic work again at most [`MAINTENANCE_EVERY`] from now (a
+    /// refresh or a bootstrap ended: the next one may be due).
+    fn maintenance_soon(&mut self, now: Instant) {
+        self.next_maintenance = self.next_maintenance.min(now + MAINTENANCE_EVERY);
+    }
+
+    /// When the periodic work is next due, as it stands after running at `now`:
+    /// the first of the token rotation, the record expiry, a republish and the
+    /// moment a bucket goes stale (BEP 5: untouched for `refresh_interval`),
+    /// but not sooner than [`MAINTENANCE_EVERY`]. An idle node is thus woken
+    /// about once a minute rather than every second.
+    fn next_maintenance_after(&self, now: Instant) -> Instant {
+        let soon = now + MAINTENANCE_EVERY;
+        let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t);
+        let mut next = after(self.last_rotation, self.config.token_rotation)
+            .min(after(self.last_expiry, EXPIRY_EVERY));
+        for (_, t) in self.originated.values() {
+            next = next.min(after(*t, self.config.republish_interval));
+        }
+        if self.bootstrap_query.is_some() {
+            // Its end calls `maintenance_soon`.
+        } else if self.table.is_empty() {
+            if !self.bootstrap_addrs.is_empty() {
+                return soon;
+            }
+        } else if self.refresh_queries.is_empty() {
+            // The buckets `RoutingTable::stale_buckets` considers: farthest
+            // first, down to the deepest one that has a contact.
+            let (mut upto, mut stale) = (None, None::<Instant>);
+            for (_, b) in self.table.buckets() {
+                let at = b
+                    .last_changed
+                    .map_or(now, |t| after(t, self.config.refresh_interval));
+                stale = Some(stale.map_or(at, |s| s.min(at)));
+                if !b.entries.is_empty() {
+                    upto = stale;
+                }
+            }
+            if let Some(t) = upto {
+                next = next.min(t);
+            }
+        }
+        next.max(soon)
     }
 
     fn on_expired(&mut self, p: Pending, now: Instant) {
@@ -1161,7 +1216,7 @@ impl<S: RecordStore> Dht<S> {
             self.rng.fill_bytes(&mut secret);
             self.tokens.rotate(secret);
         }
-        if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(60) {
+        if now.saturating_duration_since(self.last_expiry) >= EXPIRY_EVERY {
             self.last_expiry = now;
             if self.store.expire(now, self.config.record_ttl).is_err() {
                 self.stats.store_errors += 1;

@@ -86,6 +86,10 @@ pub(crate) struct SimArgs {
     /// recipient was then online this long in a row.
     #[arg(long, value_parser = parse_duration, default_value = "15m")]
     grace: Duration,
+    /// Stop after this much wall-clock time and report on the virtual time
+    /// simulated by then, e.g. 70m (the report says so; not reproducible).
+    #[arg(long, value_parser = parse_duration)]
+    wall_limit: Option<Duration>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -198,6 +202,7 @@ pub(crate) fn run(a: SimArgs) -> Result<()> {
         puts: a.puts,
         gets: a.gets,
         duration: a.duration,
+        wall_limit: a.wall_limit,
         chat,
         ..SimConfig::default()
     };

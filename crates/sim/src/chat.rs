@@ -965,30 +965,65 @@ impl ChatLayer {
 
     // ----- report -----------------------------------------------------------
 
+    /// Whether message `m`'s recipient, after the message was stored, was
+    /// online for at least `grace` in a row before the TTL and the run (at
+    /// `end`) ended; `None` if no relay ever took it.
+    fn recipient_back(&self, m: &Msg, end: Duration) -> Option<bool> {
+        let t0 = m.stored_at?;
+        let limit = (t0 + self.cfg.ttl).min(end);
+        Some(self.users[m.to].sessions.iter().any(|&(a, b)| {
+            let from = a.max(t0);
+            let to = b.unwrap_or(end).min(limit);
+            to >= from + self.cfg.grace
+        }))
+    }
+
+    /// For each of `days` periods of `day` from `start`: the messages first
+    /// stored in it, how many of those had their recipient back within the
+    /// TTL, and how many of these were delivered (the run ends at `end`).
+    pub(crate) fn by_day(
+        &self,
+        start: Duration,
+        day: Duration,
+        days: usize,
+        end: Duration,
+    ) -> Vec<(usize, usize, usize)> {
+        let mut out = vec![(0, 0, 0); days];
+        for m in &self.msgs {
+            let (Some(t0), Some(back)) = (m.stored_at, self.recipient_back(m, end)) else {
+                continue;
+            };
+            let d = (t0.saturating_sub(start).as_nanos() / day.as_nanos().max(1)) as usize;
+            let Some(slot) = out.get_mut(d.min(days.saturating_sub(1))) else {
+                continue;
+            };
+            slot.0 += 1;
+            if back {
+                slot.1 += 1;
+                if m.delivered_at.is_some() {
+                    slot.2 += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// The figures at the end of the run (virtual time `end`).
     pub(crate) fn report(&self, end: Duration) -> ChatReport {
         let mut r = self.report.clone();
         r.users = self.users.len();
         r.messages = self.msgs.len();
-        let ttl = self.cfg.ttl;
-        let grace = self.cfg.grace;
         let mut copies = Vec::new();
         for m in &self.msgs {
             if m.delivered_at.is_some() {
                 r.delivered += 1;
             }
-            let Some(t0) = m.stored_at else {
+            let Some(back) = self.recipient_back(m, end) else {
                 r.never_stored += 1;
                 continue;
             };
             r.stored += 1;
             copies.push(m.copies as f64);
-            let limit = (t0 + ttl).min(end);
-            let back = self.users[m.to].sessions.iter().any(|&(a, b)| {
-                let from = a.max(t0);
-                let to = b.unwrap_or(end).min(limit);
-                to >= from + grace
-            });
             if back {
                 r.eligible += 1;
                 if m.delivered_at.is_some() {

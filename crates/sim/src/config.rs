@@ -50,6 +50,11 @@ pub struct SimConfig {
     /// `Some(d)` spreads them evenly over `d` and runs the churn (and the chat
     /// workload) for all of `d`, e.g. a simulated day.
     pub duration: Option<Duration>,
+    /// Stop the run once it has taken this long in wall-clock time, and report
+    /// on the virtual time simulated by then (`SimReport::wall_limit_hit`).
+    /// The only setting that makes a report depend on the machine: `None` (the
+    /// default) for every reproducible run.
+    pub wall_limit: Option<Duration>,
     /// The chat layer on top of the DHT (presence, offline messages through
     /// relays); `None` (the default): DHT operations only.
     pub chat: Option<ChatConfig>,
@@ -117,6 +122,7 @@ impl Default for SimConfig {
             op_deadline: Duration::from_secs(60),
             form_deadline: Duration::from_secs(120),
             duration: None,
+            wall_limit: None,
             chat: None,
         }
     }

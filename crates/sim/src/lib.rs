@@ -37,6 +37,6 @@ pub use chat::ChatReport;
 pub use config::{ChatConfig, ChurnModel, LatencyModel, Return, SessionDistribution, SimConfig};
 pub use engine::{NetCounters, Output, Sim, SimNode, Status};
 pub use network::Network;
-pub use report::{ChurnCounts, Formation, NetReport, OpReport, SimReport};
+pub use report::{ChurnCounts, DayReport, Formation, NetReport, OpReport, SimReport};
 pub use scenario::{Phase, Progress, run};
 pub use trace::TraceHash;

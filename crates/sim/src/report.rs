@@ -77,6 +77,30 @@ pub struct NetReport {
     pub wakeups: u64,
 }
 
+/// The figures of one simulated day of the lookup phase (day 0 starts when
+/// churn and the workload start). An operation counts on the day it started; a
+/// message on the day its first relay took it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DayReport {
+    /// The day, from 0.
+    pub day: usize,
+    /// `find_node` lookups started that day and judged (not abandoned).
+    pub lookups_judged: usize,
+    /// Of those, successes.
+    pub lookups_succeeded: usize,
+    /// Presence resolutions started that day and judged.
+    pub resolves_judged: usize,
+    /// Of those, successes.
+    pub resolves_succeeded: usize,
+    /// Messages first stored at a relay that day.
+    pub messages_stored: usize,
+    /// Of those, messages whose recipient came back within the TTL (see
+    /// [`crate::ChatReport::eligible`]).
+    pub eligible: usize,
+    /// Of those, delivered.
+    pub eligible_delivered: usize,
+}
+
 /// The result of [`crate::run`].
 ///
 /// Success criteria:
@@ -124,6 +148,9 @@ pub struct SimReport {
     pub resolves: OpReport,
     /// The chat layer's figures (offline delivery), if it ran.
     pub chat: Option<crate::chat::ChatReport>,
+    /// Lookups, resolutions and offline delivery per simulated day of the
+    /// lookup phase (one entry per day begun).
+    pub days: Vec<DayReport>,
     /// BEP 44 immutable puts.
     pub puts: OpReport,
     /// Mean number of nodes that accepted each put.
@@ -148,6 +175,9 @@ pub struct SimReport {
     pub trace_hash: u64,
     /// Wall-clock time of the run, in seconds.
     pub wall_time_s: f64,
+    /// The run stopped at `SimConfig::wall_limit`, before its planned end
+    /// (`virtual_time_s` says how far it got).
+    pub wall_limit_hit: bool,
     /// Peak resident memory of the process (Linux `VmHWM`), if known.
     pub peak_rss_bytes: Option<u64>,
     /// `peak_rss_bytes` divided by the number of nodes.
@@ -306,6 +336,32 @@ impl fmt::Display for SimReport {
                 c.users, c.presence_puts, c.presence_puts_ok, c.relay_refusals, c.duplicate_copies
             )?;
         }
+        if self.days.len() > 1 {
+            let pct = |ok: usize, of: usize| {
+                if of == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}%", ok as f64 * 100.0 / of as f64)
+                }
+            };
+            for d in &self.days {
+                writeln!(
+                    f,
+                    "  day {:<7} lookups {} of {} ({}); presence {} of {} ({}); offline {} of {} eligible delivered ({}), {} stored",
+                    d.day,
+                    d.lookups_succeeded,
+                    d.lookups_judged,
+                    pct(d.lookups_succeeded, d.lookups_judged),
+                    d.resolves_succeeded,
+                    d.resolves_judged,
+                    pct(d.resolves_succeeded, d.resolves_judged),
+                    d.eligible_delivered,
+                    d.eligible,
+                    pct(d.eligible_delivered, d.eligible),
+                    d.messages_stored
+                )?;
+            }
+        }
         let c = &self.churn_events;
         if c.left + c.rejoined + c.replaced > 0 {
             writeln!(
@@ -325,6 +381,12 @@ impl fmt::Display for SimReport {
             n.wakeups
         )?;
         writeln!(f, "  trace hash  {:016x}", self.trace_hash)?;
+        if self.wall_limit_hit {
+            writeln!(
+                f,
+                "  STOPPED     at the wall-clock limit, before the planned end"
+            )?;
+        }
         let mem = match (self.peak_rss_bytes, self.bytes_per_node) {
             (Some(p), Some(per)) => format!(", peak memory {} ({}/node)", bytes(p), bytes(per)),
             _ => String::new(),

@@ -16,7 +16,9 @@ use crate::chat::{self, ChatLayer};
 use crate::config::{ChurnModel, Return, SessionDistribution, SimConfig};
 use crate::engine::{Output, Sim, Status};
 use crate::network::Network;
-use crate::report::{ChurnCounts, Formation, NetReport, OpReport, SimReport, peak_rss, percentile};
+use crate::report::{
+    ChurnCounts, DayReport, Formation, NetReport, OpReport, SimReport, peak_rss, percentile,
+};
 
 /// How often (in virtual time) the progress callback is called.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -165,6 +167,8 @@ pub fn run(cfg: &SimConfig, mut progress: impl FnMut(&Progress)) -> SimReport {
         churn: ChurnCounts::default(),
         phase: Phase::Joining,
         chat: None,
+        wall,
+        wall_limit_hit: false,
     };
     if let Some(c) = &cfg.chat {
         r.chat = Some(ChatLayer::new(c, cfg.nodes, cfg.k, master.next_u64()));
@@ -208,6 +212,10 @@ struct Runner<'a> {
     phase: Phase,
     /// The chat layer, if the config has a chat workload.
     chat: Option<ChatLayer>,
+    /// When the run started (wall clock), for `SimConfig::wall_limit`.
+    wall: Instant,
+    /// The run went past `SimConfig::wall_limit` and stopped.
+    wall_limit_hit: bool,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -293,6 +301,7 @@ impl Runner<'_> {
 
         // 4. Lookups under churn.
         self.phase = Phase::Lookups;
+        let lookups_start = self.sim.now();
         let rpcs_before_lookups = self.sim.queries_sent();
         self.start_churn();
         progress(&self.progress());
@@ -356,6 +365,14 @@ impl Runner<'_> {
             gets: self.op_report(OpKind::Get),
             resolves: self.op_report(OpKind::Resolve),
             chat: self.chat.as_ref().map(|c| c.report(self.sim.now())),
+            days: self.days_report(
+                lookups_start,
+                if self.wall_limit_hit {
+                    phase_end.min(self.sim.now())
+                } else {
+                    phase_end
+                },
+            ),
             puts: self.op_report(OpKind::Put),
             stored_per_put: mean(self.items.iter().map(|i| i.stored as f64)).unwrap_or(0.0),
             rpcs_per_node: rpcs_end as f64 / created,
@@ -378,6 +395,7 @@ impl Runner<'_> {
             virtual_time_s: self.sim.now().as_secs_f64(),
             trace_hash: self.sim.trace_hash(),
             wall_time_s: wall.elapsed().as_secs_f64(),
+            wall_limit_hit: self.wall_limit_hit,
             peak_rss_bytes: peak,
             bytes_per_node: peak.map(|p| p / created as u64),
         }
@@ -435,7 +453,7 @@ impl Runner<'_> {
         done: impl Fn(&Self) -> bool,
     ) {
         let mut next_report = self.sim.now() + PROGRESS_EVERY;
-        while !done(self) {
+        while !done(self) && !self.wall_limit_hit {
             match self.sim.step(until.min(next_report)) {
                 Some(out) => self.handle(out),
                 None => {
@@ -444,6 +462,13 @@ impl Runner<'_> {
                     }
                     progress(&self.progress());
                     next_report += PROGRESS_EVERY;
+                    if self
+                        .cfg
+                        .wall_limit
+                        .is_some_and(|limit| self.wall.elapsed() >= limit)
+                    {
+                        self.wall_limit_hit = true;
+                    }
                 }
             }
         }
@@ -747,6 +772,48 @@ impl Runner<'_> {
         let has = |id: &NodeId| got.iter().any(|n| n.id == *id);
         let found = best.iter().filter(|b| has(&b.1)).count();
         (has(&best[0].1), found as f64 / best.len() as f64)
+    }
+
+    /// Lookups, resolutions and offline delivery by simulated day of the
+    /// lookup phase (`start` to `phase_end`, at least one day; operations and
+    /// messages after the last day begun count in it).
+    fn days_report(&self, start: Duration, phase_end: Duration) -> Vec<DayReport> {
+        let day = Duration::from_secs(86_400);
+        let span = phase_end.saturating_sub(start);
+        let days = (span.as_nanos().div_ceil(day.as_nanos()) as usize).max(1);
+        let index = |t: Duration| {
+            ((t.saturating_sub(start).as_nanos() / day.as_nanos()) as usize).min(days - 1)
+        };
+        let mut out: Vec<DayReport> = (0..days)
+            .map(|d| DayReport {
+                day: d,
+                ..DayReport::default()
+            })
+            .collect();
+        for o in self.ops.iter().filter(|o| o.state != OpState::Abandoned) {
+            let d = &mut out[index(o.start)];
+            let ok = o.state == OpState::Done && o.success;
+            match o.kind {
+                OpKind::Find => {
+                    d.lookups_judged += 1;
+                    d.lookups_succeeded += usize::from(ok);
+                }
+                OpKind::Resolve => {
+                    d.resolves_judged += 1;
+                    d.resolves_succeeded += usize::from(ok);
+                }
+                OpKind::Put | OpKind::Get => {}
+            }
+        }
+        if let Some(chat) = &self.chat {
+            let by_day = chat.by_day(start, day, days, self.sim.now());
+            for (d, (stored, eligible, delivered)) in out.iter_mut().zip(by_day) {
+                d.messages_stored = stored;
+                d.eligible = eligible;
+                d.eligible_delivered = delivered;
+            }
+        }
+        out
     }
 
     fn op_report(&self, kind: OpKind) -> OpReport {

@@ -103,6 +103,11 @@ pub(crate) struct RegistrationsArgs {
     /// Internal: serve as a worker process of the benchmark over stdin/stdout.
     #[arg(long, hide = true)]
     pub(crate) worker: bool,
+    /// Debugging: for up to this many names that did not resolve, print the k
+    /// users whose ids are truly closest to the name, which of them hold its
+    /// claim, which users hold it at all, and the resolver's view.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub(crate) diagnose: usize,
 }
 
 // ----- the protocol between the benchmark and its workers ---------------------
@@ -132,7 +137,35 @@ enum Cmd {
         ops: Vec<Op>,
         timeout_ms: u64,
     },
+    /// Diagnostics: every user's id, and which of `names` (user indexes) it
+    /// holds a claim for; the routing tables of the users in `detail`.
+    Probe {
+        names: Vec<u32>,
+        detail: Vec<u32>,
+        #[serde(default)]
+        all_tables: bool,
+    },
+    /// Diagnostics: these users announce themselves again.
+    Reannounce {
+        users: Vec<u32>,
+    },
     Finish,
+}
+
+/// One user as [`Cmd::Probe`] saw it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Probed {
+    user: u32,
+    id: String,
+    contacts: usize,
+    /// The names (user indexes) among those asked whose claim it holds, with
+    /// when it stored it (unix ms).
+    holds: Vec<(u32, i64)>,
+    /// Its routing table's ids, when asked for.
+    table: Option<Vec<String>>,
+    /// Queries received, responses and errors received, timeouts,
+    /// retransmits, malformed and unexpected datagrams, rate-limited queries.
+    counters: [u64; 8],
 }
 
 /// One direction of a checked pair: `from` resolves / messages `to`.
@@ -175,6 +208,9 @@ enum Reply {
         arrived: Vec<bool>,
     },
     Finished(Box<WorkerFigures>),
+    Probed {
+        users: Vec<Probed>,
+    },
     Error {
         message: String,
     },
@@ -432,8 +468,85 @@ impl Worker {
                 }
                 Ok(Reply::Arrived { arrived })
             }
+            Cmd::Probe {
+                names,
+                detail,
+                all_tables,
+            } => self.probe(names, detail, all_tables).await,
+            Cmd::Reannounce { users } => {
+                let mut failed = Vec::new();
+                for i in users {
+                    let ok = match self.client(i) {
+                        Some(c) => matches!(c.announce().await, Ok(true)),
+                        None => false,
+                    };
+                    if !ok {
+                        failed.push(i);
+                    }
+                }
+                Ok(Reply::Announced {
+                    failed,
+                    done_unix_ms: unix_ms(),
+                    sent: [0; 7],
+                    contacts: Vec::new(),
+                })
+            }
             Cmd::Finish => Err(anyhow!("finish is handled by the loop")),
         }
+    }
+
+    /// [`Cmd::Probe`]: reads every user's claims from a second connection to
+    /// its database (diagnostics only).
+    async fn probe(&self, names: Vec<u32>, detail: Vec<u32>, all_tables: bool) -> Result<Reply> {
+        let clients: Vec<(u32, ChatClient)> = match self.clients.lock() {
+            Ok(c) => c.iter().map(|(i, c)| (*i, c.clone())).collect(),
+            Err(_) => bail!("poisoned"),
+        };
+        let mut users = Vec::with_capacity(clients.len());
+        for (i, c) in clients {
+            let Ok(snap) = c.dht_snapshot().await else {
+                continue;
+            };
+            let path = self
+                .dir
+                .join(format!("u{i}"))
+                .join(peerchat_node::db::DB_FILE);
+            let db = peerchat_node::db::Db::open_with(
+                &path,
+                peerchat_node::db::DbOptions {
+                    readers: 0,
+                    ..Default::default()
+                },
+            )
+            .with_context(|| format!("opening {}", path.display()))?;
+            let mut holds = Vec::new();
+            for &n in &names {
+                if let Ok(Some(c)) = db.name_claim_get(&user_name(n)).await {
+                    holds.push((n, c.stored_ms));
+                }
+            }
+            drop(db);
+            let table = (all_tables || detail.contains(&i))
+                .then(|| snap.contacts.iter().map(|c| c.id.to_hex()).collect());
+            users.push(Probed {
+                user: i,
+                id: snap.id.to_hex(),
+                contacts: snap.contacts.len(),
+                holds,
+                table,
+                counters: [
+                    snap.stats.queries_received,
+                    snap.stats.responses_received,
+                    snap.stats.errors_received,
+                    snap.stats.timeouts,
+                    snap.stats.retransmits,
+                    snap.stats.dropped_malformed,
+                    snap.stats.dropped_unexpected,
+                    snap.stats.rate_limited,
+                ],
+            });
+        }
+        Ok(Reply::Probed { users })
     }
 
     async fn join(&mut self, start_unix_ms: u64, interval_ms: u64) -> Result<Reply> {
@@ -1114,7 +1227,7 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     let per = args.users_per_worker.max(1);
     let nw = n.div_ceil(per);
     let mut workers = Workers::spawn(nw)?;
-    let worker_of = |i: u32| i as usize % nw;
+    let worker_of = |i: u32| worker_of(i, n, nw);
     let label = format!("n={n}");
 
     // 1. Setup.
@@ -1270,9 +1383,12 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     }
     let mut lookup_ms = Vec::new();
     let mut hops = Vec::new();
-    for r in workers.collect(&busy(&by_from), check_budget, |t| {
+    let mut unresolved: Vec<(u32, u32)> = Vec::new();
+    let resolvers = busy(&by_from);
+    let replies = workers.collect(&resolvers, check_budget, |t| {
         bar(&label, t / 5.0, "resolving names")
-    })? {
+    })?;
+    for (&w, r) in resolvers.iter().zip(replies) {
         if let Reply::Resolved {
             ok,
             micros,
@@ -1280,12 +1396,27 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
             errors,
         } = r
         {
+            for (op, good) in by_from[w].iter().zip(&ok) {
+                if !good {
+                    unresolved.push((op.from, op.to));
+                }
+            }
             res.resolutions += ok.len();
             res.resolved += ok.iter().filter(|&&g| g).count();
             lookup_ms.extend(micros.iter().map(|&us| us as f64 / 1e3));
             hops.extend(h.into_iter().map(f64::from));
             res.errors.extend(errors.into_iter().take(5));
         }
+    }
+    if args.diagnose > 0 {
+        diagnose(
+            &mut workers,
+            &unresolved,
+            args.k,
+            args.diagnose,
+            start_unix_ms,
+            n,
+        )?;
     }
     res.name_lookup_ms = ms_of(&mut lookup_ms);
     hops.sort_by(f64::total_cmp);
@@ -1384,6 +1515,200 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     Ok(res)
 }
 
+/// `--diagnose`: for up to `limit` names that did not resolve, prints the `k`
+/// users whose ids are truly closest to the name, which of them hold its
+/// claim, every user holding it (with its rank by distance and when it stored
+/// it, seconds after `t0`), and how close the resolver's routing table comes to
+/// the name; then has the name's owner announce itself again and shows the
+/// holders once more.
+fn diagnose(
+    workers: &mut Workers,
+    unresolved: &[(u32, u32)],
+    k: usize,
+    limit: usize,
+    t0: u64,
+    n: usize,
+) -> Result<()> {
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for &(from, to) in unresolved {
+        if pairs.len() < limit && !pairs.iter().any(|p| p.1 == to) {
+            pairs.push((from, to));
+        }
+    }
+    let names: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    let probe = |workers: &mut Workers, detail: Vec<u32>| -> Result<Vec<Probed>> {
+        for w in workers.all() {
+            workers.send(
+                w,
+                &Cmd::Probe {
+                    names: names.clone(),
+                    detail: detail.clone(),
+                    all_tables: detail.is_empty(),
+                },
+            )?;
+        }
+        let mut users = Vec::new();
+        for r in workers.collect(&workers.all(), Duration::from_secs(300), |_| {})? {
+            if let Reply::Probed { users: u } = r {
+                users.extend(u);
+            }
+        }
+        users.sort_by_key(|p| p.user);
+        Ok(users)
+    };
+    let users = probe(workers, Vec::new())?;
+    let id_of = |p: &Probed| peerchat_kad::NodeId::from_hex(&p.id).unwrap_or_default();
+    // How many of its own k closest users (by id) each user's table holds.
+    {
+        let ids: Vec<peerchat_kad::NodeId> = users.iter().map(id_of).collect();
+        let mut totals = [0u64; 8];
+        for p in &users {
+            for (t, c) in totals.iter_mut().zip(p.counters) {
+                *t += c;
+            }
+        }
+        println!(
+            "    diagnose: queries received {}, responses {}, errors {}, timeouts {}, retransmits {}, malformed {}, unexpected {}, rate-limited {}",
+            totals[0], totals[1], totals[2], totals[3], totals[4], totals[5], totals[6], totals[7]
+        );
+        let mut hist = vec![0usize; k + 1];
+        let mut by_decile = [(0usize, 0usize, 0usize, 0usize); 10];
+        let user_of: HashMap<&str, u32> = users.iter().map(|p| (p.id.as_str(), p.user)).collect();
+        for (a, p) in users.iter().enumerate() {
+            let mut near: Vec<usize> = (0..ids.len()).filter(|&b| b != a).collect();
+            near.sort_by_key(|&b| ids[a].distance(&ids[b]).0);
+            let table: BTreeSet<&str> = p.table.iter().flatten().map(|s| s.as_str()).collect();
+            let known = near
+                .iter()
+                .take(k)
+                .filter(|&&b| table.contains(users[b].id.as_str()))
+                .count();
+            hist[known] += 1;
+            let decile = (p.user as usize * 10 / users.len().max(1)).min(9);
+            by_decile[decile].0 += known;
+            by_decile[decile].1 += 1;
+            let older = p
+                .table
+                .iter()
+                .flatten()
+                .filter_map(|h| user_of.get(h.as_str()))
+                .filter(|&&u| u < p.user)
+                .count();
+            by_decile[decile].2 += older;
+            by_decile[decile].3 += p.contacts;
+        }
+        println!(
+            "    diagnose: users by how many of their own {k} closest their table holds: {hist:?}"
+        );
+        for (d, (known, count, older, contacts)) in by_decile.iter().enumerate() {
+            println!(
+                "      joined in decile {d}: mean {:.1} of own {k} closest known, {:.0}% of contacts joined earlier",
+                *known as f64 / (*count).max(1) as f64,
+                100.0 * *older as f64 / (*contacts).max(1) as f64
+            );
+        }
+    }
+    // Per name: every user ranked by distance to the name's target.
+    let mut ranked: Vec<Vec<u32>> = Vec::new();
+    let mut detail = BTreeSet::new();
+    for &(from, to) in &pairs {
+        let target = name_target(to)?;
+        let mut r: Vec<&Probed> = users.iter().collect();
+        r.sort_by_key(|p| id_of(p).distance(&target).0);
+        detail.insert(from);
+        detail.insert(to);
+        detail.extend(r.iter().take(k).map(|p| p.user));
+        ranked.push(r.iter().map(|p| p.user).collect());
+    }
+    let tables = probe(workers, detail.into_iter().collect())?;
+    let get = |u: u32| {
+        tables
+            .binary_search_by_key(&u, |p| p.user)
+            .ok()
+            .map(|i| &tables[i])
+    };
+    let user_of_id: HashMap<String, u32> = tables.iter().map(|p| (p.id.clone(), p.user)).collect();
+    let ranks_in = |r: &[u32], u: u32| -> Vec<usize> {
+        let mut v: Vec<usize> = get(u)
+            .and_then(|p| p.table.as_ref())
+            .map(|t| {
+                t.iter()
+                    .filter_map(|h| user_of_id.get(h))
+                    .filter_map(|x| r.iter().position(|y| y == x))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    let secs = |ms: i64| (ms - t0 as i64) as f64 / 1e3;
+    let holders = |probed: &[Probed], r: &[u32], to: u32| -> Vec<String> {
+        r.iter()
+            .enumerate()
+            .filter_map(|(rank, &u)| {
+                let p = probed.iter().find(|p| p.user == u)?;
+                let at = p.holds.iter().find(|h| h.0 == to)?.1;
+                Some(format!("#{rank} u{u} @{:.1}s", secs(at)))
+            })
+            .collect()
+    };
+    for ((from, to), r) in pairs.iter().zip(&ranked) {
+        println!(
+            "    diagnose: user {from} could not resolve user-{to} (owner rank {:?} of {})",
+            r.iter().position(|&u| u == *to),
+            r.len()
+        );
+        for (rank, &u) in r.iter().take(k).enumerate() {
+            let Some(p) = get(u) else { continue };
+            let near: Vec<usize> = ranks_in(r, u).into_iter().filter(|&x| x < k).collect();
+            println!(
+                "      rank {rank:>2}: user {u:>5} holds={} contacts={:>3} knows ranks {near:?}",
+                p.holds.iter().any(|h| h.0 == *to),
+                p.contacts
+            );
+        }
+        println!("      holders: {:?}", holders(&tables, r, *to));
+        let mut seen = ranks_in(r, *from);
+        seen.truncate(k);
+        println!("      resolver's closest contacts (ranks): {seen:?}");
+        let mut seen = ranks_in(r, *to);
+        seen.truncate(k);
+        println!("      owner's closest contacts (ranks): {seen:?}");
+    }
+    // The owners announce again, on the quiet network.
+    let nw = workers.procs.len();
+    for w in 0..nw {
+        let users: Vec<u32> = names
+            .iter()
+            .copied()
+            .filter(|&u| worker_of(u, n, nw) == w)
+            .collect();
+        workers.send(w, &Cmd::Reannounce { users })?;
+    }
+    workers.collect(&workers.all(), Duration::from_secs(300), |_| {})?;
+    let again = probe(workers, Vec::new())?;
+    for ((_, to), r) in pairs.iter().zip(&ranked) {
+        println!(
+            "    after announcing again, user-{to} held by: {:?}",
+            holders(&again, r, *to)
+        );
+    }
+    Ok(())
+}
+
+/// The worker process of user `i` of `n`, with `nw` workers: consecutive users
+/// share a process, so that a user's bootstrap nodes (the users just before
+/// it) are in its own process but at the `nw - 1` boundaries.
+fn worker_of(i: u32, n: usize, nw: usize) -> usize {
+    (i as usize * nw / n.max(1)).min(nw.saturating_sub(1))
+}
+
+/// Where the claim of user `i`'s name is stored.
+fn name_target(i: u32) -> Result<peerchat_kad::NodeId> {
+    let name = peerchat_chat::Username::new(&user_name(i)).map_err(|e| anyhow!("{e}"))?;
+    Ok(name.target())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1395,6 +1720,22 @@ mod tests {
             let a = user_addr(i, 4000);
             assert!(a.ip().is_loopback(), "{a}");
             assert!(seen.insert(a), "{a} twice");
+        }
+    }
+
+    #[test]
+    fn workers_get_consecutive_users() {
+        for (n, nw) in [(10, 1), (2560, 4), (5120, 4), (5121, 4), (10_240, 7)] {
+            let of: Vec<usize> = (0..n as u32).map(|i| worker_of(i, n, nw)).collect();
+            assert!(of.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 1));
+            assert_eq!((of[0], of[n - 1]), (0, nw - 1));
+            for w in 0..nw {
+                let count = of.iter().filter(|&&x| x == w).count();
+                assert!(
+                    count.abs_diff(n / nw) <= 1,
+                    "worker {w} of {nw}: {count} users"
+                );
+            }
         }
     }
 

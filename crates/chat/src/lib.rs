@@ -33,7 +33,10 @@ mod wire;
 pub use content::{
     Content, ContentError, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, MessageId, ParseMessageIdError,
 };
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, HEADER_LEN, MAX_ENVELOPE};
+pub use envelope::{
+    ENVELOPE_VERSION, Envelope, EnvelopeError, HEADER_LEN, MAX_ENVELOPE, OpenCache, Sealer,
+    SealingKey,
+};
 pub use identity::{Identity, KeyError, ParseKeyError, UserKey, x25519_secret};
 pub use mailbox::{
     AuthError, DeliveryAck, FETCH_AUTH_WINDOW_MS, FetchAuth, MAX_ACK_IDS, mailbox_target,

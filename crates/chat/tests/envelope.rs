@@ -104,7 +104,7 @@ fn resigned_by_another_sender_does_not_decrypt() {
         sender: c.public(),
         ..env
     };
-    let mut signed = b"peerchat-envelope-v1".to_vec();
+    let mut signed = b"peerchat-envelope-v2".to_vec();
     signed.extend_from_slice(&stolen.header());
     signed.extend_from_slice(&stolen.ciphertext);
     stolen.signature = SigningKey::from_bytes(&c.secret_bytes())
@@ -132,7 +132,7 @@ fn another_sender_cannot_take_a_message_id() {
     .unwrap();
     assert_eq!(forged.verify(), Ok(()));
     forged.id = real.id;
-    let mut signed = b"peerchat-envelope-v1".to_vec();
+    let mut signed = b"peerchat-envelope-v2".to_vec();
     signed.extend_from_slice(&forged.header());
     signed.extend_from_slice(&forged.ciphertext);
     forged.signature = SigningKey::from_bytes(&c.secret_bytes())
@@ -143,7 +143,7 @@ fn another_sender_cannot_take_a_message_id() {
     // Each genuine envelope carries its own bound id.
     assert_eq!(
         real.id,
-        peerchat_chat::envelope::bound_id(&real.sender, &real.ephemeral)
+        peerchat_chat::envelope::bound_id(&real.sender, &real.ephemeral, &real.nonce)
     );
     assert_eq!(real.open(&b), Ok(Content::text("from alice")));
 }
@@ -253,12 +253,14 @@ fn decoder_refuses_bad_framing() {
     let (env, ..) = sealed("x");
     let bytes = env.to_bytes();
     assert_eq!(Envelope::from_bytes(&[]), Err(EnvelopeError::Empty));
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
-    assert_eq!(
-        Envelope::from_bytes(&v2),
-        Err(EnvelopeError::UnknownVersion(2))
-    );
+    for version in [1, 3] {
+        let mut other = bytes.clone();
+        other[0] = version;
+        assert_eq!(
+            Envelope::from_bytes(&other),
+            Err(EnvelopeError::UnknownVersion(version))
+        );
+    }
     let mut trailing = bytes.clone();
     trailing.push(0);
     assert_eq!(
@@ -289,8 +291,8 @@ fn error_messages_are_lowercase() {
 }
 
 /// Offsets of the encoded envelope's parts: byte 0 is the version, then postcard:
-/// id 16, sender 32, recipient 32, timestamp varint, ephemeral 32, ciphertext length
-/// varint and bytes, signature 64.
+/// id 16, sender 32, recipient 32, timestamp varint, ephemeral 32, nonce 16,
+/// ciphertext length varint and bytes, signature 64.
 fn flip_is_detected(env: &Envelope, b: &Identity, pos: usize, bit: u8) -> bool {
     let mut bytes = env.to_bytes();
     bytes[pos] ^= 1 << bit;
@@ -312,7 +314,7 @@ proptest! {
 
     #[test]
     fn tampering_any_field_fails(
-        field in 0usize..7,
+        field in 0usize..8,
         index in 0usize..1000,
         bit in 0u8..8,
     ) {
@@ -329,6 +331,7 @@ proptest! {
             3 => t.timestamp_ms ^= 1 << (index % 64),
             4 => flip(&mut t.ephemeral),
             5 => flip(&mut t.ciphertext),
+            6 => flip(&mut t.nonce),
             _ => flip(&mut t.signature),
         }
         prop_assert!(t.verify().is_err());
@@ -387,5 +390,63 @@ fn header_layout() {
     assert_eq!(&h[16..48], &env.sender.0);
     assert_eq!(&h[48..80], &env.recipient.0);
     assert_eq!(&h[80..88], &env.timestamp_ms.to_be_bytes());
-    assert_eq!(&h[88..], &env.ephemeral);
+    assert_eq!(&h[88..120], &env.ephemeral);
+    assert_eq!(&h[120..], &env.nonce);
+}
+
+#[test]
+fn a_kept_key_exchange_seals_each_message_under_its_own_id_and_key() {
+    use peerchat_chat::{OpenCache, Sealer, SealingKey};
+    let mut r = rng(11);
+    let a = Identity::generate(&mut r);
+    let b = Identity::generate(&mut r);
+    let mut sealer = Sealer::new(SealingKey::new(b.public()).unwrap(), 1_000, &mut r).unwrap();
+    let cache = OpenCache::default();
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..20 {
+        let mut s = sealer.claim(1_000 + i).expect("young and little used");
+        let env = s
+            .seal(&a, &Content::text(format!("m{i}")), 1_000 + i, &mut r)
+            .unwrap();
+        // One ephemeral key for the burst, a fresh id for each message.
+        assert_eq!(
+            env.ephemeral,
+            sealer
+                .claim(1_000)
+                .unwrap()
+                .seal(&a, &Content::text("x"), 1, &mut r)
+                .unwrap()
+                .ephemeral
+        );
+        assert!(ids.insert(env.id));
+        let wire = Envelope::from_bytes(&env.to_bytes()).unwrap();
+        assert_eq!(wire.verify(), Ok(()));
+        assert_eq!(
+            wire.open_cached(&b, &cache),
+            Ok(Content::text(format!("m{i}")))
+        );
+        assert_eq!(wire.open(&b), Ok(Content::text(format!("m{i}"))));
+    }
+    assert_eq!(cache.len(), 1, "one exchange for the whole burst");
+    // Swapping two messages' ciphertexts under the same key exchange fails: each
+    // message's key depends on its own id.
+    let mut s = sealer.claim(2_000).unwrap();
+    let x = s.seal(&a, &Content::text("x"), 2_000, &mut r).unwrap();
+    let y = s.seal(&a, &Content::text("y"), 2_000, &mut r).unwrap();
+    let mut swapped = x.clone();
+    swapped.ciphertext = y.ciphertext.clone();
+    assert!(swapped.open_cached(&b, &cache).is_err());
+    // A cached exchange does not let another identity open it.
+    let c = Identity::generate(&mut r);
+    assert_eq!(
+        x.open_cached(&c, &cache),
+        Err(EnvelopeError::WrongRecipient)
+    );
+    // The key is given up after its age or its uses.
+    assert!(sealer.claim(1_000 + Sealer::MAX_AGE_MS).is_none());
+    let mut young = Sealer::new(SealingKey::new(b.public()).unwrap(), 0, &mut r).unwrap();
+    for _ in 0..Sealer::MAX_USES {
+        assert!(young.claim(1).is_some());
+    }
+    assert!(young.claim(1).is_none());
 }

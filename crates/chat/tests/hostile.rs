@@ -292,7 +292,7 @@ fn a_relay_that_tampers_with_envelopes_is_detected() {
     // not decrypt either: the sender key is in the AEAD's associated data).
     let mut resigned = env.clone();
     resigned.sender = mallory.public();
-    let mut signed = b"peerchat-envelope-v1".to_vec();
+    let mut signed = b"peerchat-envelope-v2".to_vec();
     signed.extend_from_slice(&resigned.header());
     signed.extend_from_slice(&resigned.ciphertext);
     let key = ed25519_dalek::SigningKey::from_bytes(&mallory.secret_bytes());

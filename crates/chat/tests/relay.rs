@@ -102,7 +102,7 @@ fn same_id_from_another_sender_does_not_block_the_message() {
     let real = w.env(0, 1, NOW);
     let mut fake = w.env(2, 1, NOW);
     fake.id = real.id;
-    let mut signed = b"peerchat-envelope-v1".to_vec();
+    let mut signed = b"peerchat-envelope-v2".to_vec();
     signed.extend_from_slice(&fake.header());
     signed.extend_from_slice(&fake.ciphertext);
     fake.signature = SigningKey::from_bytes(&w.users[2].secret_bytes())

@@ -79,12 +79,20 @@ pub struct SessionWriter {
     stream: OwnedWriteHalf,
     noise: std::sync::Arc<std::sync::Mutex<snow::TransportState>>,
     buf: Vec<u8>,
+    /// Sealed frames queued and not yet written.
+    out: Vec<u8>,
 }
+
+/// Bytes a session reader takes from the socket at once: a stream of small
+/// frames costs one read per buffer, not two per frame.
+const READ_BUFFER: usize = 16 * 1024;
+/// A writer's queue keeps at most this much capacity once flushed.
+const KEEP_QUEUE: usize = 64 * 1024;
 
 /// The receiving half of a session.
 #[derive(Debug)]
 pub struct SessionReader {
-    stream: OwnedReadHalf,
+    stream: tokio::io::BufReader<OwnedReadHalf>,
     noise: std::sync::Arc<std::sync::Mutex<snow::TransportState>>,
     buf: Vec<u8>,
 }
@@ -141,9 +149,10 @@ fn split(stream: TcpStream, noise: snow::TransportState, peer: [u8; 32]) -> Sess
             stream: w,
             noise: noise.clone(),
             buf: vec![0u8; MAX_NOISE],
+            out: Vec::new(),
         },
         reader: SessionReader {
-            stream: r,
+            stream: tokio::io::BufReader::with_capacity(READ_BUFFER, r),
             noise,
             buf: Vec::new(),
         },
@@ -237,6 +246,13 @@ pub async fn accept(mut stream: TcpStream, keys: &SessionKeys) -> Result<Session
 impl SessionWriter {
     /// Encrypts and sends one frame.
     pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), SessionError> {
+        self.queue(plaintext)?;
+        self.flush().await
+    }
+
+    /// Encrypts one frame into the queue; [`SessionWriter::flush`] sends what
+    /// is queued in one write (a burst of frames costs one system call).
+    pub fn queue(&mut self, plaintext: &[u8]) -> Result<(), SessionError> {
         if plaintext.len() > MAX_FRAME {
             return Err(SessionError::TooLarge(plaintext.len()));
         }
@@ -245,8 +261,23 @@ impl SessionWriter {
             noise.write_message(plaintext, &mut self.buf)?
         };
         let len = n as u16;
-        self.stream.write_all(&len.to_be_bytes()).await?;
-        self.stream.write_all(&self.buf[..n]).await?;
+        self.out.extend_from_slice(&len.to_be_bytes());
+        self.out.extend_from_slice(&self.buf[..n]);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Sends every queued frame.
+    pub async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+            self.out.shrink_to(KEEP_QUEUE);
+        }
         Ok(())
     }
 }

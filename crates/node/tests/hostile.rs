@@ -295,7 +295,7 @@ async fn replayed_envelopes_are_shown_once_and_tampered_ones_never() {
     }
     let mut resigned = original.clone();
     resigned.sender = mallory.public();
-    let mut signed = b"peerchat-envelope-v1".to_vec();
+    let mut signed = b"peerchat-envelope-v2".to_vec();
     signed.extend_from_slice(&resigned.header());
     signed.extend_from_slice(&resigned.ciphertext);
     let key = ed25519_dalek::SigningKey::from_bytes(&mallory.secret_bytes());
@@ -326,6 +326,15 @@ async fn replayed_envelopes_are_shown_once_and_tampered_ones_never() {
         }
     }
     assert_eq!(refused, tampered.len());
+    // Each refusal is counted where it happened.
+    assert_eq!(
+        b.status().await.unwrap().refused_envelopes,
+        tampered.len() as u64
+    );
+    assert_eq!(
+        r.status().await.unwrap().refused_envelopes,
+        tampered.len() as u64
+    );
     // The untouched envelope still arrives, once; no tampered copy shows.
     evil.store(bob.listen_addr(), original.to_bytes())
         .await

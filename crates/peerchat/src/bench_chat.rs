@@ -241,11 +241,15 @@ pub(crate) async fn run(args: ChatBenchArgs) -> Result<()> {
         let t = Instant::now();
         bob = node(&bob_dir, "bob", Some(boot), false).await?;
         let b = bob.client();
+        // Shown: on the first page of the inbox (newest first), which is what a
+        // client displays; asking for the whole history every 20 ms (10,000+
+        // messages after the throughput part) would measure the polling.
+        let page = args.offline_messages * 2 + 20;
         until(
             "offline messages shown",
             Duration::from_secs(60),
             async || {
-                b.inbox(10_000)
+                b.inbox(page)
                     .await
                     .is_ok_and(|inbox| ids.iter().all(|id| inbox.iter().any(|m| &m.id == id)))
             },

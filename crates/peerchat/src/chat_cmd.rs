@@ -241,6 +241,13 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, cmd: ChatCommand) -> Result<(
                     format!("{} held here for offline users", s.relay_queue),
                 ),
                 ("unread", s.unread.to_string()),
+                (
+                    "refused",
+                    format!(
+                        "{} envelopes since start (forged, tampered, malformed or over quota)",
+                        s.refused_envelopes
+                    ),
+                ),
             ];
             print_rows(&rows);
             Ok(())

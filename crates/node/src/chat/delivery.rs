@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peerchat_chat::{
-    Content, DeliveryAck, Envelope, FetchAuth, MAX_ACK_IDS, MessageId, UserKey, mailbox_target,
+    Content, DeliveryAck, Envelope, FetchAuth, MAX_ACK_IDS, MessageId, Sealer, SealingKey, UserKey,
+    mailbox_target,
 };
 use peerchat_kad::Value;
 use serde::{Deserialize, Serialize};
@@ -60,8 +61,7 @@ pub(crate) async fn send_text(
         ));
     }
     let now = now_ms();
-    let env = Envelope::seal(&inner.identity, &key, &content, now, &mut rand::rng())
-        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+    let env = seal(inner, key, &content, now)?;
     let id = env.id;
     let msg = OutgoingMessage {
         id: id.0,
@@ -108,6 +108,38 @@ pub(crate) async fn send_text(
     Ok(id.to_hex())
 }
 
+/// Most recipients whose key exchange is kept; the cache starts over beyond it.
+const SEALERS: usize = 4096;
+
+/// Seals `content` for `to`, reusing the key exchange of our last messages to
+/// them while it is young (see [`peerchat_chat::Sealer`]).
+fn seal(inner: &Inner, to: UserKey, content: &Content, now: u64) -> Result<Envelope, ChatError> {
+    let bad = |e: peerchat_chat::EnvelopeError| ChatError::BadMessage(e.to_string());
+    let kept = inner
+        .sealers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&to)
+        .and_then(|s| s.claim(now));
+    if let Some(mut sealer) = kept {
+        return sealer
+            .seal(&inner.identity, content, now, &mut rand::rng())
+            .map_err(bad);
+    }
+    let key =
+        SealingKey::new(to).map_err(|e| bad(peerchat_chat::EnvelopeError::BadRecipient(e)))?;
+    let mut sealer = Sealer::new(key, now, &mut rand::rng()).map_err(bad)?;
+    let env = sealer
+        .seal(&inner.identity, content, now, &mut rand::rng())
+        .map_err(bad)?;
+    let mut sealers = inner.sealers.lock().unwrap_or_else(|p| p.into_inner());
+    if sealers.len() >= SEALERS {
+        sealers.clear();
+    }
+    sealers.insert(to, sealer);
+    Ok(env)
+}
+
 /// Marks a conversation read and tells its other party (best effort).
 pub(crate) async fn mark_read(inner: &Arc<Inner>, name: &str) -> Result<u64, ChatError> {
     let key = directory::known_key(inner, name).await?;
@@ -135,7 +167,7 @@ pub(crate) async fn mark_read(inner: &Arc<Inner>, name: &str) -> Result<u64, Cha
 /// (a lost receipt only delays the state a sender sees: its outbox retries direct
 /// delivery, and the recipient's ack of that retry says "delivered").
 async fn send_receipt(inner: &Inner, to: UserKey, content: Content) {
-    let Ok(env) = Envelope::seal(&inner.identity, &to, &content, now_ms(), &mut rand::rng()) else {
+    let Ok(env) = seal(inner, to, &content, now_ms()) else {
         return;
     };
     let direct = match directory::presence_of(inner, &to).await {
@@ -328,8 +360,9 @@ async fn exchange(sess: &mut Session, envs: &[Envelope]) -> Result<HashSet<Messa
     for env in envs {
         let frame = postcard::to_stdvec(&Frame::Envelope(env.to_bytes()))
             .map_err(|e| ChatError::BadMessage(e.to_string()))?;
-        sess.writer.send(&frame).await.map_err(io)?;
+        sess.writer.queue(&frame).map_err(io)?;
     }
+    sess.writer.flush().await.map_err(io)?;
     let mut acked = HashSet::new();
     let mut answered = 0;
     while answered < envs.len() {
@@ -387,10 +420,19 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Frame>(IN_FLIGHT_PER_SESSION);
     let acks = tokio::spawn(async move {
         while let Some(frame) = ack_rx.recv().await {
-            let Ok(out) = postcard::to_stdvec(&frame) else {
-                break;
-            };
-            if writer.send(&out).await.is_err() {
+            // Acks already waiting go in the same write.
+            let mut next = Some(frame);
+            while let Some(frame) = next.take() {
+                if let Ok(out) = postcard::to_stdvec(&frame)
+                    && writer.queue(&out).is_err()
+                {
+                    return;
+                }
+                if writer.queued() < super::link::BURST {
+                    next = ack_rx.try_recv().ok();
+                }
+            }
+            if writer.flush().await.is_err() {
                 break;
             }
         }
@@ -412,6 +454,7 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
         let env = match Envelope::from_bytes(&b) {
             Ok(env) => env,
             Err(e) => {
+                super::refuse(&inner, &e);
                 let _ = ack_tx.send(Frame::Nack([0; 16], e.to_string())).await;
                 continue;
             }
@@ -424,7 +467,7 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
             let id = env.id.0;
             let relayed = env.sender != peer;
             let frame = match deliver_incoming(&inner, env, relayed).await {
-                Ok(()) => Frame::Ack(id),
+                Ok(_) => Frame::Ack(id),
                 Err(e) => Frame::Nack(id, e.to_string()),
             };
             let _ = ack_tx.send(frame).await;
@@ -437,20 +480,25 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
 
 /// Takes in an envelope addressed to us: verified, opened, durable in the
 /// history (exactly once, by id) before this returns Ok, which is when it may
-/// be acknowledged. `relayed`: it came through a relay, so (in the background)
+/// be acknowledged; Ok(true) when it was a text new to us. `relayed`: it came through a relay, so (in the background)
 /// the relays of our mailbox are told to drop their copies and the sender gets
 /// a delivery receipt.
 pub(crate) async fn deliver_incoming(
     inner: &Arc<Inner>,
     env: Envelope,
     relayed: bool,
-) -> Result<(), ChatError> {
+) -> Result<bool, ChatError> {
     if env.recipient != inner.me {
+        super::refuse(inner, &"not addressed to this user");
         return Err(ChatError::BadMessage("not addressed to this user".into()));
     }
     let content = env
-        .open(&inner.identity)
-        .map_err(|e| ChatError::BadMessage(e.to_string()))?;
+        .open_cached(&inner.identity, &inner.opened)
+        .map_err(|e| {
+            super::refuse(inner, &e);
+            ChatError::BadMessage(e.to_string())
+        })?;
+    let mut new_text = false;
     match content {
         Content::Text {
             text, sender_name, ..
@@ -480,17 +528,10 @@ pub(crate) async fn deliver_incoming(
                 }
             }
             if relayed {
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    ack_relays(&inner, vec![env.id]).await;
-                    // One receipt per message: a replayed copy must not make us
-                    // seal and store another one each time.
-                    if fresh {
-                        send_receipt(&inner, env.sender, Content::Delivered { ids: vec![env.id] })
-                            .await;
-                    }
-                });
+                // Every relay's copy is dropped and the sender told, in batches.
+                inner.after_delivery.push(env.sender, env.id, fresh);
             }
+            new_text = fresh;
         }
         Content::Delivered { ids } => {
             for id in ids {
@@ -507,7 +548,7 @@ pub(crate) async fn deliver_incoming(
             }
         }
     }
-    Ok(())
+    Ok(new_text)
 }
 
 /// Tells event subscribers about a received message.
@@ -521,18 +562,90 @@ async fn announce_message(inner: &Inner, id: MessageId) {
     }
 }
 
-/// Tells the relays of our mailbox that these ids arrived (signed ack).
-async fn ack_relays(inner: &Inner, ids: Vec<MessageId>) {
-    let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await else {
-        return;
-    };
+/// Most messages waiting for their relay acks and receipts; beyond it new ones
+/// get none (relays then retry, and a retried copy is acknowledged again).
+const AFTER_DELIVERY_MAX: usize = 65_536;
+
+/// Messages taken from relays, waiting for the relay acks and sender receipts
+/// that [`after_delivery_worker`] sends in batches: one mailbox lookup and one
+/// signed ack per batch instead of one per message (at login, tens of
+/// messages arrive at once, each from several relays).
+#[derive(Default)]
+pub(crate) struct AfterDelivery {
+    /// (sender, id, new to us: a receipt is due).
+    pending: std::sync::Mutex<Vec<(UserKey, MessageId, bool)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl AfterDelivery {
+    pub(crate) fn push(&self, sender: UserKey, id: MessageId, fresh: bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < AFTER_DELIVERY_MAX {
+            pending.push((sender, id, fresh));
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<(UserKey, MessageId, bool)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Sends the relay acks and sender receipts of [`AfterDelivery`], batch by batch.
+pub(crate) async fn after_delivery_worker(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = inner.after_delivery.wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        // Let a burst (a relay pushing what it holds) gather into one batch.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let batch = inner.after_delivery.take();
+        if batch.is_empty() {
+            continue;
+        }
+        let mut ids: Vec<MessageId> = batch.iter().map(|(_, id, _)| *id).collect();
+        ids.sort();
+        ids.dedup();
+        if let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await {
+            ack_relays(&inner, &nodes, &ids).await;
+        }
+        // One receipt per new message: a replayed copy must not make us seal
+        // and store another one each time.
+        let mut by_sender: BTreeMap<UserKey, Vec<MessageId>> = BTreeMap::new();
+        for (sender, id, fresh) in batch {
+            if fresh {
+                by_sender.entry(sender).or_default().push(id);
+            }
+        }
+        for (sender, mut ids) in by_sender {
+            ids.sort();
+            ids.dedup();
+            for chunk in ids.chunks(peerchat_chat::MAX_RECEIPT_IDS) {
+                send_receipt(
+                    &inner,
+                    sender,
+                    Content::Delivered {
+                        ids: chunk.to_vec(),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Tells these relays of our mailbox that these ids arrived (signed acks).
+async fn ack_relays(inner: &Inner, nodes: &[peerchat_kad::NodeInfo], ids: &[MessageId]) {
     for chunk in ids.chunks(MAX_ACK_IDS) {
         let Ok(ack) = DeliveryAck::new(&inner.identity, chunk.to_vec(), now_ms()) else {
             continue;
         };
         let bytes = ack.to_bytes();
         let mut set = JoinSet::new();
-        for n in &nodes {
+        for n in nodes {
             let dht = inner.dht.clone();
             let addr = n.addr;
             let args = wire::args("ack", Value::Bytes(bytes.clone()));
@@ -550,11 +663,14 @@ pub(crate) async fn fetch_mailbox(inner: &Arc<Inner>) -> usize {
     let Ok((nodes, _)) = inner.dht.find_node(mailbox_target(&inner.me)).await else {
         return 0;
     };
+    // Ids already taken in this fetch: the same message waits at several
+    // relays, and only the first copy needs opening and storing.
+    let taken: Arc<std::sync::Mutex<HashSet<MessageId>>> = Arc::default();
     let mut set = JoinSet::new();
     for n in nodes {
-        let inner = inner.clone();
+        let (inner, taken) = (inner.clone(), taken.clone());
         set.spawn(async move {
-            let mut got = Vec::new();
+            let mut new = 0;
             for _round in 0..64 {
                 let auth = FetchAuth::new(&inner.identity, n.id, now_ms());
                 let args = wire::args("auth", Value::Bytes(auth.to_bytes()));
@@ -562,57 +678,70 @@ pub(crate) async fn fetch_mailbox(inner: &Arc<Inner>) -> usize {
                     break;
                 };
                 let mut ids = Vec::new();
+                let mut fresh = Vec::new();
                 for b in wire::byte_list(&resp.other, "envs") {
-                    let Ok(env) = Envelope::from_bytes(b) else {
-                        continue;
+                    let env = match Envelope::from_bytes(b) {
+                        Ok(env) => env,
+                        Err(e) => {
+                            super::refuse(&inner, &e);
+                            continue;
+                        }
                     };
-                    let (id, sender) = (env.id, env.sender);
-                    if deliver_incoming(&inner, env, false).await.is_ok() {
-                        got.push((sender, id));
+                    ids.push(env.id);
+                    if taken
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(env.id)
+                    {
+                        fresh.push(env);
                     }
-                    ids.push(id);
                 }
                 if ids.is_empty() {
                     break;
                 }
-                // Acked before fetching more: the relay then hands out the next ones.
-                ack_relays(&inner, ids).await;
+                // Stored together, so that they share the database's commits.
+                let stored = futures_util::future::join_all(fresh.into_iter().map(|env| {
+                    let inner = inner.clone();
+                    async move {
+                        let (id, sender) = (env.id, env.sender);
+                        (sender, id, deliver_incoming(&inner, env, false).await)
+                    }
+                }))
+                .await;
+                for (sender, id, result) in stored {
+                    match result {
+                        Ok(fresh) => {
+                            new += usize::from(fresh);
+                            inner.after_delivery.push(sender, id, fresh);
+                        }
+                        // Not on our disk: not acknowledged, so the relays keep
+                        // it and it comes again with the next fetch.
+                        Err(ChatError::Db(e)) => {
+                            tracing::warn!("storing a message from the mailbox: {e}");
+                            taken.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                            ids.retain(|i| *i != id);
+                        }
+                        // Refused for good (forged, not for us): acknowledged so
+                        // that the relay drops it.
+                        Err(e) => tracing::debug!("mailbox envelope refused: {e}"),
+                    }
+                }
+                if ids.is_empty() {
+                    break;
+                }
+                // This relay is acked at once, so that it hands out the next
+                // ones; the other relays' copies go in the next batch.
+                ack_relays(&inner, std::slice::from_ref(&n), &ids).await;
                 if wire::int(&resp.other, "more") != Some(1) {
                     break;
                 }
             }
-            got
+            new
         });
     }
-    let mut got = Vec::new();
+    let mut n = 0;
     while let Some(r) = set.join_next().await {
-        if let Ok(g) = r {
-            got.extend(g);
-        }
-    }
-    got.sort();
-    got.dedup();
-    let n = got.len();
-    if n > 0 {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let mut by_sender: BTreeMap<UserKey, Vec<MessageId>> = BTreeMap::new();
-            for (s, id) in got {
-                by_sender.entry(s).or_default().push(id);
-            }
-            for (sender, ids) in by_sender {
-                for chunk in ids.chunks(peerchat_chat::MAX_RECEIPT_IDS) {
-                    send_receipt(
-                        &inner,
-                        sender,
-                        Content::Delivered {
-                            ids: chunk.to_vec(),
-                        },
-                    )
-                    .await;
-                }
-            }
-        });
+        n += r.unwrap_or(0);
     }
     n
 }

@@ -203,6 +203,15 @@ pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, Chat
     if username == inner.name {
         return Ok(inner.me);
     }
+    let cached = inner
+        .pinned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(username.as_str())
+        .copied();
+    if let Some(key) = cached {
+        return Ok(key);
+    }
     if let Some(c) = inner
         .db
         .contacts_named(username.as_str())
@@ -210,16 +219,34 @@ pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, Chat
         .into_iter()
         .next()
     {
-        return Ok(UserKey(c.key));
+        let key = UserKey(c.key);
+        remember_pin(inner, &username, key);
+        return Ok(key);
     }
     resolve_and_pin(inner, name).await
 }
 
+/// Caches a pinned contact's key by name (pins are never changed).
+fn remember_pin(inner: &Inner, username: &Username, key: UserKey) {
+    inner
+        .pinned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(username.as_str().to_string(), key);
+}
+
 /// Whether we already have a name for `key` (ours, a contact's, or one learned).
 pub(crate) async fn is_known(inner: &Inner, key: &UserKey) -> bool {
-    *key == inner.me
-        || inner.names.lock().await.contains_key(key)
-        || matches!(inner.db.contact(key.0).await, Ok(Some(_)))
+    if *key == inner.me || inner.names.lock().await.contains_key(key) {
+        return true;
+    }
+    match inner.db.contact(key.0).await {
+        Ok(Some(c)) => {
+            inner.names.lock().await.insert(*key, c.name);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A stranger wrote to us and says they are `name`: when the network's name
@@ -290,6 +317,7 @@ async fn pin(inner: &Inner, username: &Username, key: UserKey) -> Result<UserKey
         .lock()
         .await
         .insert(key, username.as_str().to_string());
+    remember_pin(inner, username, key);
     Ok(key)
 }
 

@@ -19,6 +19,8 @@ use crate::db::MessageState;
 
 /// Envelopes queued on one link before senders fall back to the outbox worker.
 const LINK_QUEUE: usize = 4096;
+/// Most bytes of frames written at once.
+pub(crate) const BURST: usize = 64 * 1024;
 
 /// A live link to one peer.
 pub(crate) struct Link {
@@ -115,10 +117,19 @@ async fn run(
     } = sess;
     let mut write = tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
-            let Ok(frame) = postcard::to_stdvec(&Frame::Envelope(env.to_bytes())) else {
-                continue;
-            };
-            if writer.send(&frame).await.is_err() {
+            // Whatever else is already waiting goes in the same write.
+            let mut next = Some(env);
+            while let Some(env) = next.take() {
+                if let Ok(frame) = postcard::to_stdvec(&Frame::Envelope(env.to_bytes()))
+                    && writer.queue(&frame).is_err()
+                {
+                    return;
+                }
+                if writer.queued() < BURST {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if writer.flush().await.is_err() {
                 return;
             }
         }

@@ -152,10 +152,22 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Names of keys seen (contacts), cached for views.
     pub(crate) names: Mutex<HashMap<UserKey, String>>,
+    /// Keys of pinned contacts by name, cached (a pin never changes).
+    pub(crate) pinned: std::sync::Mutex<HashMap<String, UserKey>>,
+    /// Key exchanges with recipients, kept for bursts of messages.
+    pub(crate) sealers: std::sync::Mutex<HashMap<UserKey, peerchat_chat::Sealer>>,
+    /// Key exchanges with senders' ephemeral keys, kept likewise.
+    pub(crate) opened: peerchat_chat::OpenCache,
+    /// Envelopes refused since start (forged, tampered, malformed, not for us,
+    /// or over a relay quota): counted, shown by `status`.
+    pub(crate) refused: std::sync::atomic::AtomicU64,
     /// Streaming links to peers.
     pub(crate) links: Mutex<link::Links>,
     /// Presence records looked up recently.
     pub(crate) presence: Mutex<HashMap<UserKey, (peerchat_chat::Presence, std::time::Instant)>>,
+    /// Messages taken from relays whose relay acks and sender receipts are
+    /// still to be sent (in batches, by [`delivery::after_delivery_worker`]).
+    pub(crate) after_delivery: delivery::AfterDelivery,
 }
 
 /// A running chat node.
@@ -282,8 +294,13 @@ impl ChatNode {
             claimed: AtomicBool::new(false),
             shutdown,
             names: Mutex::new(HashMap::new()),
+            pinned: std::sync::Mutex::new(HashMap::new()),
+            sealers: std::sync::Mutex::new(HashMap::new()),
+            opened: peerchat_chat::OpenCache::default(),
+            refused: std::sync::atomic::AtomicU64::new(0),
             presence: Mutex::new(HashMap::new()),
             links: Mutex::new(link::Links::default()),
+            after_delivery: delivery::AfterDelivery::default(),
         });
         let db = &inner.db;
         db.meta_set(meta_keys::LISTEN_ADDR, &config.listen.to_string())
@@ -323,6 +340,7 @@ impl ChatNode {
             tokio::spawn(relay::relay_worker(inner.clone())),
             tokio::spawn(directory::publisher(inner.clone())),
             tokio::spawn(snapshot_worker(inner.clone())),
+            tokio::spawn(delivery::after_delivery_worker(inner.clone())),
         ];
         Ok(ChatNode {
             inner,
@@ -495,16 +513,19 @@ impl ChatClient {
             relay_queue: self.inner.relay.lock().await.len() as u64,
             unread: counts.unread,
             name_claimed: self.inner.claimed.load(Ordering::Relaxed),
+            refused_envelopes: self.inner.refused.load(Ordering::Relaxed),
         })
     }
 }
 
+/// Counts an envelope refused (see [`Inner::refused`]) and says why in the log.
+pub(crate) fn refuse(inner: &Inner, why: &dyn std::fmt::Display) {
+    inner.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("envelope refused: {why}");
+}
+
 pub(crate) fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    hex::encode(b)
 }
 
 /// The name we know a key by (or its short hex).

@@ -91,7 +91,10 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
         }
         wire::STORE => {
             let bytes = wire::bytes(&q.args, "env").ok_or_else(|| protocol("env missing"))?;
-            let env = Envelope::from_bytes(bytes).map_err(|e| protocol(e.to_string()))?;
+            let env = Envelope::from_bytes(bytes).map_err(|e| {
+                super::refuse(inner, &e);
+                protocol(e.to_string())
+            })?;
             if env.recipient == inner.me {
                 // A message for us, stored at us because we are close to our own mailbox.
                 delivery::deliver_incoming(inner, env, true)
@@ -157,7 +160,10 @@ async fn store_for_other(
             Ok(())
         }
         Ok(Stored::Duplicate) | Ok(Stored::AlreadyAcked) => Ok(()),
-        Err(e) => Err((code::GENERIC, e.to_string())),
+        Err(e) => {
+            super::refuse(inner, &e);
+            Err((code::GENERIC, e.to_string()))
+        }
     }
 }
 

@@ -93,6 +93,10 @@ pub struct StatusView {
     pub unread: u64,
     /// Whether our name claim is held by the network (false: taken by another key, or not yet published).
     pub name_claimed: bool,
+    /// Envelopes this node refused since it started (forged, tampered,
+    /// malformed, not for us, or over a relay quota).
+    #[serde(default)]
+    pub refused_envelopes: u64,
 }
 
 /// A change the UIs may want to show at once (the event stream).

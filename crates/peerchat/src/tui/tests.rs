@@ -79,6 +79,7 @@ fn status() -> StatusView {
         relay_queue: 1,
         unread: 3,
         name_claimed: true,
+        refused_envelopes: 0,
     }
 }
 

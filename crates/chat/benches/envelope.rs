@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use peerchat_chat::content::Content;
-use peerchat_chat::envelope::{Envelope, OpenCache, Sealer, SealingKey};
+use peerchat_chat::envelope::{Envelope, OpenCache, Sealer, SealingKey, verify_batch};
 use peerchat_chat::identity::Identity;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -42,6 +42,20 @@ fn envelope(c: &mut Criterion) {
     });
     c.bench_function("verifying_key", |b| {
         b.iter(|| black_box(alice.public()).verifying_key())
+    });
+    // What a recipient pays to check a burst of 64 from one sender, all at
+    // once (divide by 64 for one message's share).
+    let burst: Vec<Envelope> = (0..64)
+        .map(|i| {
+            let text = format!("message {i}");
+            Envelope::seal(&alice, &bob.public(), &Content::text(&text), 1, &mut rng).expect("seal")
+        })
+        .collect();
+    c.bench_function("verify 64 one by one", |b| {
+        b.iter(|| black_box(&burst).iter().map(Envelope::verify).count())
+    });
+    c.bench_function("verify_batch 64", |b| {
+        b.iter(|| verify_batch(black_box(&burst)))
     });
     let bytes = env.to_bytes();
     c.bench_function("decode", |b| {

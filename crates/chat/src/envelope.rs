@@ -230,6 +230,16 @@ impl Envelope {
         cache: &OpenCache,
     ) -> Result<Content, EnvelopeError> {
         self.verify()?;
+        self.open_verified(recipient, cache)
+    }
+
+    /// [`Envelope::open_cached`] for an envelope already verified, by
+    /// [`Envelope::verify`] or [`verify_batch`]: checks the addressee and decrypts.
+    pub fn open_verified(
+        &self,
+        recipient: &Identity,
+        cache: &OpenCache,
+    ) -> Result<Content, EnvelopeError> {
         if self.recipient != recipient.public() {
             return Err(EnvelopeError::WrongRecipient);
         }
@@ -299,6 +309,130 @@ impl Envelope {
             wire::StrictError::Trailing(n) => EnvelopeError::TrailingBytes(n),
         })
     }
+}
+
+/// [`Envelope::verify`] for many envelopes at once, with the same answer for
+/// each: one random linear combination of their signature equations is checked
+/// in one multi-scalar multiplication (the sender keys of a batch are mostly
+/// one, so their terms merge), instead of one double-base multiplication per
+/// signature. The strict checks stay per envelope: canonical `s` and `R`, no
+/// small-order `R` or sender key, the id bound to the sender. When the
+/// combination does not hold, each envelope is verified alone, so a bad one is
+/// refused with its own error and cannot make a good one fail.
+///
+/// The weights come from a hash of the whole batch, so no RNG is needed: an
+/// envelope cannot be made to fit weights that depend on itself. One
+/// difference from the single check remains, as with every batch verification
+/// of ed25519: a signer who builds a signature whose equation is off by a
+/// small-order point may see it pass here; only that key's owner can build one,
+/// and it proves nothing they could not sign anyway.
+pub fn verify_batch(envs: &[Envelope]) -> Vec<Result<(), EnvelopeError>> {
+    verify_batch_inner(envs).0
+}
+
+/// [`verify_batch`], and whether the combined equation was checked and held.
+fn verify_batch_inner(envs: &[Envelope]) -> (Vec<Result<(), EnvelopeError>>, bool) {
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use sha2::{Digest, Sha512};
+
+    if envs.len() < 2 {
+        return (envs.iter().map(Envelope::verify).collect(), false);
+    }
+    let mut held = false;
+    let mut out: Vec<Option<Result<(), EnvelopeError>>> = vec![None; envs.len()];
+    // Sender keys of the batch, decompressed once each, with their summed weight.
+    let mut senders: Vec<(UserKey, EdwardsPoint, Scalar)> = Vec::new();
+    // (index, R, s, k, sender slot) of the envelopes that passed the per-envelope checks.
+    let mut cands: Vec<(usize, EdwardsPoint, Scalar, Scalar, usize)> =
+        Vec::with_capacity(envs.len());
+    let mut seed = Sha512::new();
+    seed.update(b"peerchat-batch-verify");
+    for (i, env) in envs.iter().enumerate() {
+        let slot = match senders.iter().position(|(k, _, _)| *k == env.sender) {
+            Some(slot) => Some(slot),
+            None => env.sender.verifying_key().ok().map(|vk| {
+                senders.push((env.sender, vk.to_edwards(), Scalar::ZERO));
+                senders.len() - 1
+            }),
+        };
+        let r_bytes: [u8; 32] = env.signature[..32].try_into().unwrap_or([0xff; 32]);
+        let s_bytes: [u8; 32] = env.signature[32..].try_into().unwrap_or([0xff; 32]);
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes));
+        let r = canonical_y(&r_bytes)
+            .then(|| CompressedEdwardsY(r_bytes).decompress())
+            .flatten()
+            .filter(|r| !r.is_small_order());
+        let (Some(slot), Some(s), Some(r)) = (slot, s, r) else {
+            out[i] = Some(env.verify());
+            continue;
+        };
+        if env.ciphertext.len() < TAG_LEN
+            || env.id != bound_id(&env.sender, &env.ephemeral, &env.nonce)
+        {
+            out[i] = Some(env.verify());
+            continue;
+        }
+        let mut h = Sha512::new();
+        h.update(r_bytes);
+        h.update(env.sender.0);
+        h.update(DOMAIN);
+        h.update(env.header());
+        h.update(&env.ciphertext);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        seed.update(env.signature);
+        seed.update(k.as_bytes());
+        cands.push((i, r, s, k, slot));
+    }
+    if cands.len() >= 2 {
+        let seed: [u8; 64] = seed.finalize().into();
+        let mut weights = Vec::with_capacity(cands.len());
+        let mut b_coef = Scalar::ZERO;
+        for (n, (_, _, s, k, slot)) in cands.iter().enumerate() {
+            let mut h = Sha512::new();
+            h.update(seed);
+            h.update((n as u64).to_le_bytes());
+            let d: [u8; 64] = h.finalize().into();
+            let mut z = [0u8; 32];
+            z[..16].copy_from_slice(&d[..16]);
+            z[0] |= 1;
+            let z = Scalar::from_bytes_mod_order(z);
+            b_coef += z * s;
+            senders[*slot].2 += z * k;
+            weights.push(z);
+        }
+        // sum z_i R_i + sum_j (sum_i z_i k_i) A_j - (sum z_i s_i) B == 0
+        let sum = EdwardsPoint::vartime_multiscalar_mul(
+            weights
+                .iter()
+                .copied()
+                .chain(senders.iter().map(|(_, _, w)| *w)),
+            cands
+                .iter()
+                .map(|c| c.1)
+                .chain(senders.iter().map(|(_, a, _)| *a)),
+        );
+        held = (sum - EdwardsPoint::mul_base(&b_coef)).is_identity();
+        if held {
+            for c in &cands {
+                out[c.0] = Some(Ok(()));
+            }
+        }
+    }
+    let out = out
+        .into_iter()
+        .zip(envs)
+        .map(|(r, env)| r.unwrap_or_else(|| env.verify()))
+        .collect();
+    (out, held)
+}
+
+/// Whether `bytes` encode a y coordinate below p = 2^255 - 19 (the sign bit aside):
+/// the strict check refuses any other encoding of `R`.
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|&b| b == 0xff) && bytes[0] >= 0xed)
 }
 
 /// A message id: the first 16 bytes of
@@ -500,4 +634,174 @@ fn cipher(
     // 32 bytes is far below HKDF-SHA256's limit of 255 * 32: expand cannot fail.
     let _ = Hkdf::<Sha256>::new(Some(DOMAIN), shared).expand(&info, &mut key);
     ChaCha20Poly1305::new(&key.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    /// `n` envelopes to one recipient, from `senders` senders in turn.
+    fn batch(n: usize, senders: usize, seed: u64) -> (Vec<Envelope>, Identity) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let ids: Vec<Identity> = (0..senders).map(|_| Identity::generate(&mut rng)).collect();
+        let bob = Identity::generate(&mut rng);
+        let envs = (0..n)
+            .map(|i| {
+                let text = format!("message {i}");
+                Envelope::seal(
+                    &ids[i % senders],
+                    &bob.public(),
+                    &Content::text(&text),
+                    5,
+                    &mut rng,
+                )
+                .expect("seal")
+            })
+            .collect();
+        (envs, bob)
+    }
+
+    fn one_by_one(envs: &[Envelope]) -> Vec<Result<(), EnvelopeError>> {
+        envs.iter().map(Envelope::verify).collect()
+    }
+
+    #[test]
+    fn a_good_batch_verifies() {
+        for (n, senders) in [(0, 1), (1, 1), (2, 1), (64, 1), (40, 3)] {
+            let (envs, bob) = batch(n, senders, n as u64);
+            let (got, held) = verify_batch_inner(&envs);
+            assert_eq!(held, n >= 2, "{n} from {senders}");
+            assert_eq!(got.len(), n);
+            assert!(got.iter().all(Result::is_ok), "{n} from {senders}: {got:?}");
+            let cache = OpenCache::default();
+            for env in &envs {
+                assert!(env.open_verified(&bob, &cache).is_ok());
+            }
+        }
+    }
+
+    /// The group order l, little-endian.
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    fn add_le(a: &[u8], b: &[u8; 32]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(a[i]) + u16::from(b[i]) + carry;
+            out[i] = v as u8;
+            carry = v >> 8;
+        }
+        out
+    }
+
+    /// Ways to spoil one envelope's signature or binding.
+    fn spoil(env: &mut Envelope, how: u8, other: &Identity) {
+        match how % 8 {
+            // A flipped ciphertext bit.
+            0 => env.ciphertext[0] ^= 1,
+            // s + l: the same signature with a non-canonical s.
+            1 => {
+                let s = add_le(&env.signature[32..], &L);
+                env.signature[32..].copy_from_slice(&s);
+            }
+            // R replaced by a small-order point (the identity).
+            2 => {
+                let mut id = [0u8; 32];
+                id[0] = 1;
+                env.signature[..32].copy_from_slice(&id);
+            }
+            // R encoded as y + p (non-canonical), when that still fits 255 bits.
+            3 => {
+                let p: [u8; 32] = {
+                    let mut p = [0xffu8; 32];
+                    p[0] = 0xed;
+                    p[31] = 0x7f;
+                    p
+                };
+                let sign = env.signature[31] & 0x80;
+                let mut y = [0u8; 32];
+                y.copy_from_slice(&env.signature[..32]);
+                y[31] &= 0x7f;
+                let mut bumped = add_le(&y, &p);
+                bumped[31] |= sign;
+                env.signature[..32].copy_from_slice(&bumped);
+            }
+            // Signed by someone else under the same sender key.
+            4 => {
+                let mut forged = env.clone();
+                forged.sender = other.public();
+                let sig = other.sign(&forged.signed_bytes());
+                env.signature = sig;
+            }
+            // Another sender's key (the id is then not bound to it).
+            5 => env.sender = other.public(),
+            // An id not bound to the sender.
+            6 => env.id.0[0] ^= 1,
+            // A timestamp changed after signing.
+            _ => env.timestamp_ms ^= 1,
+        }
+    }
+
+    #[test]
+    fn each_spoiled_envelope_gets_its_own_error() {
+        let other = Identity::generate(&mut ChaCha20Rng::seed_from_u64(99));
+        for how in 0..8u8 {
+            let (mut envs, _) = batch(12, 2, u64::from(how));
+            spoil(&mut envs[5], how, &other);
+            let want = one_by_one(&envs);
+            assert!(want[5].is_err(), "spoil {how} went unnoticed");
+            let (got, held) = verify_batch_inner(&envs);
+            assert_eq!(got, want, "spoil {how}");
+            // Those that pass the per-envelope checks spoil the combined equation.
+            if matches!(how, 0 | 4 | 7) {
+                assert!(!held, "spoil {how} held");
+            }
+        }
+    }
+
+    #[test]
+    fn a_signature_off_by_a_torsion_point_is_refused() {
+        // R + T for a point T of order 2 (y = -1): the equation is off by T.
+        let (mut envs, _) = batch(8, 1, 7);
+        let r = curve25519_dalek::edwards::CompressedEdwardsY(
+            envs[3].signature[..32].try_into().unwrap(),
+        )
+        .decompress()
+        .unwrap();
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        let t = curve25519_dalek::edwards::CompressedEdwardsY(minus_one)
+            .decompress()
+            .unwrap();
+        assert!(t.is_small_order());
+        envs[3].signature[..32].copy_from_slice(&(r + t).compress().0);
+        assert!(envs[3].verify().is_err());
+        assert_eq!(verify_batch(&envs), one_by_one(&envs));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn batch_answers_as_one_by_one(
+            n in 2usize..24,
+            senders in 1usize..4,
+            seed in any::<u64>(),
+            spoiled in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        ) {
+            let (mut envs, _) = batch(n, senders, seed);
+            let other = Identity::generate(&mut ChaCha20Rng::seed_from_u64(seed ^ 1));
+            for (at, how) in spoiled {
+                let at = at % n;
+                spoil(&mut envs[at], how, &other);
+            }
+            prop_assert_eq!(verify_batch(&envs), one_by_one(&envs));
+        }
+    }
 }

@@ -85,7 +85,7 @@ pub struct SessionWriter {
 
 /// Bytes a session reader takes from the socket at once: a stream of small
 /// frames costs one read per buffer, not two per frame.
-const READ_BUFFER: usize = 16 * 1024;
+const READ_BUFFER: usize = 64 * 1024;
 /// A writer's queue keeps at most this much capacity once flushed.
 const KEEP_QUEUE: usize = 64 * 1024;
 
@@ -283,6 +283,12 @@ impl SessionWriter {
 }
 
 impl SessionReader {
+    /// Whether a whole frame has already arrived, so that [`SessionReader::recv`]
+    /// returns it without waiting: lets a reader take a burst in one go.
+    pub fn frame_ready(&self) -> bool {
+        split_frame(self.stream.buffer()).is_some()
+    }
+
     /// Receives and decrypts one frame.
     pub async fn recv(&mut self) -> Result<Vec<u8>, SessionError> {
         read_raw(&mut self.stream, &mut self.buf).await?;

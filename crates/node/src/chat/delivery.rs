@@ -439,7 +439,8 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_PER_SESSION));
     let mut shutdown = inner.shutdown.clone();
-    loop {
+    let mut open = true;
+    while open {
         let bytes = tokio::select! {
             r = reader.recv() => match r {
                 Ok(b) => b,
@@ -448,35 +449,60 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
             // A node shutting down closes its sessions.
             _ = shutdown.changed() => break,
         };
-        let Ok(Frame::Envelope(b)) = postcard::from_bytes::<Frame>(&bytes) else {
-            break;
-        };
-        let env = match Envelope::from_bytes(&b) {
-            Ok(env) => env,
-            Err(e) => {
-                super::refuse(&inner, &e);
-                let _ = ack_tx.send(Frame::Nack([0; 16], e.to_string())).await;
-                continue;
+        // The frames that came with this one are taken too, and verified together.
+        let mut batch = Vec::new();
+        let mut next = Some(bytes);
+        while let Some(bytes) = next.take() {
+            let Ok(Frame::Envelope(b)) = postcard::from_bytes::<Frame>(&bytes) else {
+                open = false;
+                break;
+            };
+            match Envelope::from_bytes(&b) {
+                Ok(env) => batch.push(env),
+                Err(e) => {
+                    super::refuse(&inner, &e);
+                    let _ = ack_tx.send(Frame::Nack([0; 16], e.to_string())).await;
+                }
             }
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+            if batch.len() < VERIFY_BATCH && reader.frame_ready() {
+                match reader.recv().await {
+                    Ok(b) => next = Some(b),
+                    Err(_) => open = false,
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let Ok(permits) = slots.clone().acquire_many_owned(batch.len() as u32).await else {
             break;
         };
         let (inner, ack_tx) = (inner.clone(), ack_tx.clone());
         tokio::spawn(async move {
-            let id = env.id.0;
-            let relayed = env.sender != peer;
-            let frame = match deliver_incoming(&inner, env, relayed).await {
-                Ok(_) => Frame::Ack(id),
-                Err(e) => Frame::Nack(id, e.to_string()),
-            };
-            let _ = ack_tx.send(frame).await;
-            drop(permit);
+            let verdicts = peerchat_chat::envelope::verify_batch(&batch);
+            let each = batch.into_iter().zip(verdicts).map(|(env, verdict)| {
+                let (inner, ack_tx) = (&inner, &ack_tx);
+                async move {
+                    let id = env.id.0;
+                    let relayed = env.sender != peer;
+                    let frame = match deliver_checked(inner, env, verdict, relayed).await {
+                        Ok(_) => Frame::Ack(id),
+                        Err(e) => Frame::Nack(id, e.to_string()),
+                    };
+                    let _ = ack_tx.send(frame).await;
+                }
+            });
+            futures_util::future::join_all(each).await;
+            drop(permits);
         });
     }
     drop(ack_tx);
     let _ = acks.await;
 }
+
+/// Most envelopes of one session verified together (see
+/// [`peerchat_chat::envelope::verify_batch`]): those that arrived in one read.
+const VERIFY_BATCH: usize = 256;
 
 /// Takes in an envelope addressed to us: verified, opened, durable in the
 /// history (exactly once, by id) before this returns Ok, which is when it may
@@ -488,12 +514,24 @@ pub(crate) async fn deliver_incoming(
     env: Envelope,
     relayed: bool,
 ) -> Result<bool, ChatError> {
+    let verdict = env.verify();
+    deliver_checked(inner, env, verdict, relayed).await
+}
+
+/// [`deliver_incoming`] with the signature check already done: `verdict` is
+/// what [`Envelope::verify`] (or a batch check) said of `env`.
+async fn deliver_checked(
+    inner: &Arc<Inner>,
+    env: Envelope,
+    verdict: Result<(), peerchat_chat::EnvelopeError>,
+    relayed: bool,
+) -> Result<bool, ChatError> {
     if env.recipient != inner.me {
         super::refuse(inner, &"not addressed to this user");
         return Err(ChatError::BadMessage("not addressed to this user".into()));
     }
-    let content = env
-        .open_cached(&inner.identity, &inner.opened)
+    let content = verdict
+        .and_then(|()| env.open_verified(&inner.identity, &inner.opened))
         .map_err(|e| {
             super::refuse(inner, &e);
             ChatError::BadMessage(e.to_string())

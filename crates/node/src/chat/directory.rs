@@ -54,14 +54,15 @@ pub(crate) async fn claim_name(inner: &Inner) {
     if matches!(
         peerchat_chat::accept_claim(existing.as_ref(), &claim),
         Ok(peerchat_chat::Accept::New)
-    ) && let Err(e) = inner
-        .db
-        .name_claim_put(crate::db::NameClaim {
+    ) && let Err(e) = store_claim(
+        inner,
+        crate::db::NameClaim {
             name: inner.name.as_str().to_string(),
             claim: bytes.clone(),
             stored_ms: now_ms() as i64,
-        })
-        .await
+        },
+    )
+    .await
     {
         tracing::debug!("storing our own claim: {e}");
     }
@@ -77,7 +78,13 @@ pub(crate) async fn claim_name(inner: &Inner) {
     let (mut ours, mut theirs) = (0, 0);
     while let Some(r) = set.join_next().await {
         if let Ok(Ok(Some(Ok(resp)))) = r {
-            match wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes) {
+            let held = wire::bytes(&resp.other, "claim");
+            if held == Some(bytes.as_slice()) {
+                // The claim we just signed, byte for byte: nothing to verify.
+                ours += 1;
+                continue;
+            }
+            match held.map(NameClaim::from_bytes) {
                 Some(Ok(held)) if held.verify().is_ok() && held.name == inner.name => {
                     if held.key == inner.me {
                         ours += 1
@@ -167,7 +174,14 @@ pub(crate) async fn forget_presence(inner: &Inner, key: &UserKey) {
 
 /// Asks the nodes closest to `name` who holds it.
 async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKey>, ChatError> {
+    let started = std::time::Instant::now();
     let (nodes, _) = inner.dht.find_node(name.target()).await?;
+    tracing::debug!(
+        "resolving {}: {} closest nodes found in {:?}",
+        name.as_str(),
+        nodes.len(),
+        started.elapsed()
+    );
     let mut set = JoinSet::new();
     for n in nodes {
         let dht = inner.dht.clone();
@@ -177,12 +191,26 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
     // We may be one of the k closest nodes ourselves (find_node never returns
     // us): the claim we hold counts too.
     let mut claims: Vec<NameClaim> = held_claim(inner, name).await.into_iter().collect();
+    // The k storers mostly hold the same claim: check each distinct one once
+    // (an ed25519 verification is most of a resolution's CPU).
+    let mut checked: Vec<(Vec<u8>, bool)> = Vec::new();
     while let Some(r) = set.join_next().await {
-        if let Ok(Ok(Some(Ok(resp)))) = r
-            && let Some(Ok(c)) = wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes)
-            && c.verify().is_ok()
-            && c.name == *name
-        {
+        let Ok(Ok(Some(Ok(resp)))) = r else { continue };
+        let Some(raw) = wire::bytes(&resp.other, "claim") else {
+            continue;
+        };
+        let Ok(c) = NameClaim::from_bytes(raw) else {
+            continue;
+        };
+        let valid = match checked.iter().find(|(b, _)| b.as_slice() == raw) {
+            Some((_, v)) => *v,
+            None => {
+                let v = c.verify().is_ok() && c.name == *name;
+                checked.push((raw.to_vec(), v));
+                v
+            }
+        };
+        if valid {
             claims.push(c);
         }
     }
@@ -191,10 +219,56 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
 
 /// The valid claim for `name` stored at this node, if any.
 async fn held_claim(inner: &Inner, name: &Username) -> Option<NameClaim> {
-    let held = inner.db.name_claim_get(name.as_str()).await.ok()??;
-    NameClaim::from_bytes(&held.claim)
+    let held = stored_claim(inner, name.as_str()).await.ok()??;
+    NameClaim::from_bytes(&held)
         .ok()
         .filter(|c| c.verify().is_ok() && c.name == *name)
+}
+
+/// Most names whose stored claim (or its absence) is cached; past it the cache
+/// starts again (a node stores the claims of about `k` names per `k` users).
+const CLAIM_CACHE: usize = 4096;
+
+/// The claim stored here for `name` (its bytes, unverified), from the cache or
+/// the database.
+pub(crate) async fn stored_claim(
+    inner: &Inner,
+    name: &str,
+) -> Result<Option<Vec<u8>>, crate::db::DbError> {
+    if let Some(held) = lock(&inner.claims).get(name) {
+        return Ok(held.clone());
+    }
+    let held = inner.db.name_claim_get(name).await?.map(|h| h.claim);
+    let mut cache = lock(&inner.claims);
+    if cache.len() >= CLAIM_CACHE {
+        cache.clear();
+    }
+    // A put that raced with this read went to the cache first: keep it.
+    Ok(cache.entry(name.to_string()).or_insert(held).clone())
+}
+
+/// Stores `row` as the claim held for its name (durable when this returns).
+pub(crate) async fn store_claim(
+    inner: &Inner,
+    row: crate::db::NameClaim,
+) -> Result<(), crate::db::DbError> {
+    let (name, bytes) = (row.name.clone(), row.claim.clone());
+    let stored = inner.db.name_claim_put(row).await;
+    let mut cache = lock(&inner.claims);
+    match stored {
+        Ok(()) => {
+            cache.insert(name, Some(bytes));
+        }
+        // The database may or may not hold it now: read it again next time.
+        Err(_) => {
+            cache.remove(&name);
+        }
+    }
+    stored
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The key of a name: our pinned contact if we have one, else the network's answer (then pinned).
@@ -323,6 +397,7 @@ async fn pin(inner: &Inner, username: &Username, key: UserKey) -> Result<UserKey
 
 pub(crate) async fn whois(inner: &Inner, name: &str) -> Result<WhoisView, ChatError> {
     let username = Username::new(name)?;
+    let started = std::time::Instant::now();
     let key = if username == inner.name {
         inner.me
     } else {
@@ -330,7 +405,13 @@ pub(crate) async fn whois(inner: &Inner, name: &str) -> Result<WhoisView, ChatEr
             .await?
             .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?
     };
+    let resolved = started.elapsed();
     let presence = presence_of(inner, &key).await;
+    tracing::debug!(
+        "whois {}: name resolved in {resolved:?}, presence in {:?}",
+        username.as_str(),
+        started.elapsed() - resolved
+    );
     Ok(WhoisView {
         name: username.as_str().to_string(),
         key: key.to_hex(),

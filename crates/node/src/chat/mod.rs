@@ -154,6 +154,9 @@ pub(crate) struct Inner {
     pub(crate) names: Mutex<HashMap<UserKey, String>>,
     /// Keys of pinned contacts by name, cached (a pin never changes).
     pub(crate) pinned: std::sync::Mutex<HashMap<String, UserKey>>,
+    /// The name claims this node stores, as held in the database (`None`: no
+    /// claim), cached: resolving a name must not wait for the database.
+    pub(crate) claims: std::sync::Mutex<HashMap<String, Option<Vec<u8>>>>,
     /// Key exchanges with recipients, kept for bursts of messages.
     pub(crate) sealers: std::sync::Mutex<HashMap<UserKey, peerchat_chat::Sealer>>,
     /// Key exchanges with senders' ephemeral keys, kept likewise.
@@ -295,6 +298,7 @@ impl ChatNode {
             shutdown,
             names: Mutex::new(HashMap::new()),
             pinned: std::sync::Mutex::new(HashMap::new()),
+            claims: std::sync::Mutex::new(HashMap::new()),
             sealers: std::sync::Mutex::new(HashMap::new()),
             opened: peerchat_chat::OpenCache::default(),
             refused: std::sync::atomic::AtomicU64::new(0),

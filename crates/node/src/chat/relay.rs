@@ -48,23 +48,22 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
         wire::CLAIM => {
             let bytes = wire::bytes(&q.args, "claim").ok_or_else(|| protocol("claim missing"))?;
             let claim = NameClaim::from_bytes(bytes).map_err(|e| protocol(e.to_string()))?;
-            let held = inner
-                .db
-                .name_claim_get(claim.name.as_str())
+            let held = directory::stored_claim(inner, claim.name.as_str())
                 .await
                 .map_err(server)?;
-            let existing = held.and_then(|h| NameClaim::from_bytes(&h.claim).ok());
+            let existing = held.and_then(|h| NameClaim::from_bytes(&h).ok());
             let kept = match accept_claim(existing.as_ref(), &claim) {
                 Ok(Accept::New) | Ok(Accept::Update) => {
-                    inner
-                        .db
-                        .name_claim_put(ClaimRow {
+                    directory::store_claim(
+                        inner,
+                        ClaimRow {
                             name: claim.name.as_str().to_string(),
                             claim: claim.to_bytes(),
                             stored_ms: now as i64,
-                        })
-                        .await
-                        .map_err(server)?;
+                        },
+                    )
+                    .await
+                    .map_err(server)?;
                     claim
                 }
                 Ok(Accept::Unchanged) => claim,
@@ -79,13 +78,11 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                 .ok()
                 .and_then(|n| Username::new(n).ok())
                 .ok_or_else(|| protocol("bad name"))?;
-            let held = inner
-                .db
-                .name_claim_get(name.as_str())
+            let held = directory::stored_claim(inner, name.as_str())
                 .await
                 .map_err(server)?;
             Ok(match held {
-                Some(h) => wire::args("claim", Value::Bytes(h.claim)),
+                Some(h) => wire::args("claim", Value::Bytes(h)),
                 None => BTreeMap::new(),
             })
         }

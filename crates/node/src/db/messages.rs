@@ -65,7 +65,7 @@ impl Db {
     /// a second copy from another relay): the caller shows the message only
     /// when this returns `true`, and acknowledges it in both cases.
     pub async fn insert_incoming(&self, msg: IncomingMessage) -> Result<bool, DbError> {
-        self.write(move |conn| {
+        self.write_rerun(move |conn| {
             let fresh = conn
                 .prepare_cached("INSERT INTO seen (id, seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
                 .execute(params![&msg.id[..], msg.received_ms])?;
@@ -92,7 +92,7 @@ impl Db {
         msg: OutgoingMessage,
         envelope: Vec<u8>,
     ) -> Result<(), DbError> {
-        self.write(move |conn| {
+        self.write_rerun(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO messages (id, peer, direction, sender, text, sent_ms, received_ms, state) \
                  VALUES (?1, ?2, 'out', ?3, ?4, ?5, ?5, 'queued')",
@@ -126,7 +126,7 @@ impl Db {
     /// recipient can acknowledge it: an ack from anyone else (who saw the id go
     /// by) changes nothing, so it cannot stop the outbox from delivering.
     pub async fn ack_delivered(&self, id: MessageId, peer: UserKey) -> Result<bool, DbError> {
-        self.write(move |conn| {
+        self.write_rerun(move |conn| {
             let removed = conn
                 .prepare_cached("DELETE FROM outbox WHERE id = ?1 AND recipient = ?2")?
                 .execute([&id[..], &peer[..]])?;

@@ -2,11 +2,16 @@
 //!
 //! The writer owns the only write connection. It blocks for a request, then
 //! drains every request already queued (up to `max_batch`), runs them all in one
-//! `BEGIN IMMEDIATE` transaction, each inside its own savepoint (so a failing
-//! request is rolled back alone), commits once (one fsync with
+//! `BEGIN IMMEDIATE` transaction, commits once (one fsync with
 //! `synchronous=FULL`), and only then answers every request. A caller is thus
 //! never told "stored" before its row is durable, and N concurrent writers cost
 //! one fsync, not N.
+//!
+//! A failing request is rolled back alone: each runs inside its own savepoint.
+//! Savepoints cost (every page a request touches is first copied to the
+//! savepoint's journal), so requests that can be run twice (`Db::write_rerun`,
+//! the per-message ones) run first, without one; should one of them fail, the
+//! transaction is rolled back and they all run again, each in its savepoint.
 //!
 //! Readers each own a read-only connection (WAL lets them run while the writer
 //! commits) and take requests from one shared queue.
@@ -26,6 +31,11 @@ pub(crate) trait WriteJob: Send {
     /// Answers the caller once the batch's fate is known (`Err` if the
     /// batch was not committed).
     fn finish(self: Box<Self>, batch: Result<(), &DbError>);
+    /// Whether [`WriteJob::run`] may be called again after a rollback, to run
+    /// the request over (its last run's result is the one answered).
+    fn rerunnable(&self) -> bool {
+        false
+    }
 }
 
 /// A write request with its reply channel.
@@ -68,6 +78,67 @@ where
         };
         // The caller may have gone away; its write is stored all the same.
         let _ = self.reply.send(out);
+    }
+}
+
+/// A write request that can run again (see `Db::write_rerun`).
+pub(crate) struct RerunJob<F, R> {
+    f: F,
+    result: Option<Result<R, DbError>>,
+    reply: oneshot::Sender<Result<R, DbError>>,
+}
+
+impl<F, R> WriteJob for RerunJob<F, R>
+where
+    F: Fn(&Connection) -> Result<R, DbError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let r = (self.f)(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, batch: Result<(), &DbError>) {
+        let out = match (batch, self.result) {
+            (Err(e), _) => Err(e.for_batch()),
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(DbError::NotCommitted("the request did not run".into())),
+        };
+        let _ = self.reply.send(out);
+    }
+
+    fn rerunnable(&self) -> bool {
+        true
+    }
+}
+
+impl super::Db {
+    /// `Db::write` for a request that can be run twice with the same effect
+    /// (it reads only what it captured and the database): it then needs no
+    /// savepoint of its own unless a request of its batch fails. Resolves once
+    /// the transaction is durable.
+    pub(crate) async fn write_rerun<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        F: Fn(&Connection) -> Result<R, DbError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let sender = self.inner.write_tx.as_ref().ok_or(DbError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let job = RerunJob {
+            f,
+            result: None,
+            reply: tx,
+        };
+        sender
+            .send(Box::new(job))
+            .await
+            .map_err(|_| DbError::Closed)?;
+        match rx.await {
+            Ok(r) => r.map_err(|e| e.classify(&self.inner.path)),
+            Err(_) => Err(DbError::Closed),
+        }
     }
 }
 
@@ -122,16 +193,39 @@ fn run_in_transaction(conn: &Connection, batch: &mut [BoxedWrite]) -> Result<(),
         let _ = conn.execute_batch("ROLLBACK");
     }
     exec(conn, "BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        exec(conn, "SAVEPOINT job")?;
-        if job.run(conn) {
-            exec(conn, "RELEASE job")?;
-        } else {
-            exec(conn, "ROLLBACK TO job")?;
-            exec(conn, "RELEASE job")?;
+    // Those that can run again go first, without savepoints; if one fails, its
+    // partial writes cannot be told from the others': start over, each in its
+    // own savepoint. Requests of one batch were all queued before any was
+    // answered, so their order among themselves is free.
+    let clean = batch
+        .iter_mut()
+        .filter(|job| job.rerunnable())
+        .all(|job| job.run(conn));
+    if !clean {
+        if !conn.is_autocommit() {
+            exec(conn, "ROLLBACK")?;
+        }
+        exec(conn, "BEGIN IMMEDIATE")?;
+        for job in batch.iter_mut().filter(|job| job.rerunnable()) {
+            run_in_savepoint(conn, job)?;
         }
     }
+    for job in batch.iter_mut().filter(|job| !job.rerunnable()) {
+        run_in_savepoint(conn, job)?;
+    }
     exec(conn, "COMMIT")?;
+    Ok(())
+}
+
+/// Runs one request in its own savepoint: rolled back alone if it fails.
+fn run_in_savepoint(conn: &Connection, job: &mut BoxedWrite) -> Result<(), DbError> {
+    exec(conn, "SAVEPOINT job")?;
+    if job.run(conn) {
+        exec(conn, "RELEASE job")?;
+    } else {
+        exec(conn, "ROLLBACK TO job")?;
+        exec(conn, "RELEASE job")?;
+    }
     Ok(())
 }
 
@@ -151,4 +245,106 @@ pub(crate) fn reader_loop(conn: Connection, rx: Arc<Mutex<mpsc::Receiver<BoxedRe
         }
     }
     let _ = conn.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn table() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .expect("create");
+        conn
+    }
+
+    fn rows(conn: &Connection) -> Vec<i64> {
+        let mut st = conn.prepare("SELECT k FROM t ORDER BY k").expect("prepare");
+        st.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    type Reply = oneshot::Receiver<Result<(), DbError>>;
+
+    /// A request that can run again: inserts `keys` in turn, counting its runs.
+    fn rerun(keys: Vec<i64>, runs: Arc<AtomicUsize>) -> (BoxedWrite, Reply) {
+        let (tx, rx) = oneshot::channel();
+        let f = move |conn: &Connection| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            for k in &keys {
+                conn.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])?;
+            }
+            Ok(())
+        };
+        let job = RerunJob {
+            f,
+            result: None,
+            reply: tx,
+        };
+        (Box::new(job), rx)
+    }
+
+    /// A request that runs once: inserts `keys` in turn.
+    fn once(keys: Vec<i64>) -> (BoxedWrite, Reply) {
+        let (tx, rx) = oneshot::channel();
+        let f = move |conn: &Connection| {
+            for k in keys {
+                conn.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])?;
+            }
+            Ok(())
+        };
+        (Box::new(Job::new(f, tx)), rx)
+    }
+
+    fn answer(mut rx: Reply) -> Result<(), DbError> {
+        rx.try_recv().expect("answered before the batch returned")
+    }
+
+    #[test]
+    fn a_clean_batch_runs_each_request_once() {
+        let conn = table();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, ra) = rerun(vec![1, 2], runs.clone());
+        let (b, rb) = once(vec![3]);
+        let (c, rc) = rerun(vec![4], runs.clone());
+        let mut batch = vec![a, b, c];
+        run_batch(&conn, &mut batch, Path::new("test.db"));
+        assert!(batch.is_empty());
+        for rx in [ra, rb, rc] {
+            assert!(answer(rx).is_ok());
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(rows(&conn), vec![1, 2, 3, 4]);
+        assert!(conn.is_autocommit(), "the transaction is committed");
+    }
+
+    #[test]
+    fn a_failing_request_is_rolled_back_alone_and_hears_its_error() {
+        let conn = table();
+        conn.execute("INSERT INTO t (k, v) VALUES (9, 'old')", [])
+            .expect("seed");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, ra) = rerun(vec![1], runs.clone());
+        // Inserts 2, then fails on 9 (taken): 2 must not stay.
+        let (bad, rbad) = rerun(vec![2, 9], runs.clone());
+        let (b, rb) = once(vec![3]);
+        let (c, rc) = rerun(vec![4], runs.clone());
+        // A request that runs once and fails is rolled back alone as well.
+        let (bad_once, rbad_once) = once(vec![5, 9]);
+        let mut batch = vec![a, bad, b, c, bad_once];
+        run_batch(&conn, &mut batch, Path::new("test.db"));
+        assert!(answer(ra).is_ok());
+        assert!(answer(rb).is_ok());
+        assert!(answer(rc).is_ok());
+        let err = answer(rbad).expect_err("the failing request hears it");
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        assert!(answer(rbad_once).is_err());
+        assert_eq!(rows(&conn), vec![1, 3, 4, 9]);
+        // The first pass stopped at the failure; the second ran all three again.
+        assert_eq!(runs.load(Ordering::SeqCst), 2 + 3);
+        assert!(conn.is_autocommit(), "the transaction is committed");
+    }
 }

@@ -284,14 +284,28 @@ impl Envelope {
 
     /// The wire encoding: [`ENVELOPE_VERSION`], then the postcard encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![ENVELOPE_VERSION];
-        out.extend_from_slice(&wire::encode(self));
-        out
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(ENVELOPE_VERSION);
+        // Serializing our own plain struct into a `Vec` cannot fail.
+        postcard::to_extend(self, out).unwrap_or_else(|_| vec![ENVELOPE_VERSION])
     }
 
-    /// The length of [`Envelope::to_bytes`].
+    /// The length of [`Envelope::to_bytes`], without encoding: the version byte,
+    /// the fixed-size fields, and postcard's varints for the timestamp and the
+    /// ciphertext's length.
     pub fn encoded_len(&self) -> usize {
-        self.to_bytes().len()
+        fn varint_len(v: u64) -> usize {
+            (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+        }
+        1 + 16
+            + 32
+            + 32
+            + varint_len(self.timestamp_ms)
+            + 32
+            + 16
+            + varint_len(self.ciphertext.len() as u64)
+            + self.ciphertext.len()
+            + 64
     }
 
     /// Decodes an envelope (without verifying it). Refuses inputs larger than
@@ -666,6 +680,24 @@ mod tests {
 
     fn one_by_one(envs: &[Envelope]) -> Vec<Result<(), EnvelopeError>> {
         envs.iter().map(Envelope::verify).collect()
+    }
+
+    #[test]
+    fn encoded_len_is_the_encoding_s_length() {
+        let (mut envs, _) = batch(1, 1, 3);
+        let env = &mut envs[0];
+        for ts in [0, 1, 127, 128, 16_383, 16_384, 1 << 40, u64::MAX] {
+            for ct in [0, 1, 127, 128, 300, 1_100, 20_000] {
+                env.timestamp_ms = ts;
+                env.ciphertext = vec![7; ct];
+                let bytes = env.to_bytes();
+                assert_eq!(env.encoded_len(), bytes.len(), "ts {ts}, ciphertext {ct}");
+                assert_eq!(bytes[0], ENVELOPE_VERSION);
+                if ct >= TAG_LEN && bytes.len() <= MAX_ENVELOPE {
+                    assert_eq!(Envelope::from_bytes(&bytes).as_ref(), Ok(&*env));
+                }
+            }
+        }
     }
 
     #[test]

@@ -70,10 +70,8 @@ pub(crate) async fn send_text(
         text: text.to_string(),
         sent_ms: now as i64,
     };
-    inner
-        .db
-        .insert_outgoing(msg.clone(), env.to_bytes())
-        .await?;
+    let bytes = env.to_bytes();
+    inner.db.insert_outgoing(msg.clone(), bytes.clone()).await?;
     let stored = crate::db::StoredMessage {
         id: id.0,
         peer: key.0,
@@ -94,7 +92,7 @@ pub(crate) async fn send_text(
     let up = inner.links.lock().await.is_up(&key);
     let inner = inner.clone();
     let attempt = async move {
-        if !super::link::send(&inner, env).await {
+        if !super::link::send(&inner, key, id, bytes).await {
             // Not online (or no link): due now for the worker, which relays it.
             let _ = inner.db.outbox_reschedule(id.0, now as i64).await;
             inner.outbox_wake.notify_one();

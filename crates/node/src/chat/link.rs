@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use peerchat_chat::{Envelope, MessageId, UserKey};
+use peerchat_chat::{MessageId, UserKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -24,7 +24,7 @@ pub(crate) const BURST: usize = 64 * 1024;
 
 /// A live link to one peer.
 pub(crate) struct Link {
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<Vec<u8>>,
 }
 
 /// Links by peer, and the ids in flight on them.
@@ -47,15 +47,14 @@ impl Links {
     }
 }
 
-/// Sends `env` on the link to its recipient, opening one if needed. Returns
-/// false when no link could carry it (the outbox worker will).
-pub(crate) async fn send(inner: &Arc<Inner>, env: Envelope) -> bool {
-    let to = env.recipient;
+/// Sends an envelope (`id`, encoded as `bytes`) on the link to its recipient
+/// `to`, opening one if needed. Returns false when no link could carry it (the
+/// outbox worker will).
+pub(crate) async fn send(inner: &Arc<Inner>, to: UserKey, id: MessageId, bytes: Vec<u8>) -> bool {
     {
         let mut links = inner.links.lock().await;
         if let Some(link) = links.links.get(&to) {
-            let id = env.id;
-            match link.tx.try_send(env) {
+            match link.tx.try_send(bytes) {
                 Ok(()) => {
                     links.in_flight.insert(id, to);
                     return true;
@@ -72,15 +71,33 @@ pub(crate) async fn send(inner: &Arc<Inner>, env: Envelope) -> bool {
         return false;
     }
     let mut links = inner.links.lock().await;
-    let id = env.id;
     let sent = match links.links.get(&to) {
-        Some(l) => l.tx.try_send(env).is_ok(),
+        Some(l) => l.tx.try_send(bytes).is_ok(),
         None => false,
     };
     if sent {
         links.in_flight.insert(id, to);
     }
     sent
+}
+
+/// Most acknowledgements cleared from the outbox in one database request.
+const ACK_BATCH: usize = 1024;
+
+/// Ids acknowledged together, and whether clearing each changed anything.
+type Acked = (Vec<MessageId>, Result<Vec<bool>, crate::db::DbError>);
+
+/// Announces the delivered ones of a batch of acks and forgets them in flight.
+async fn settle(inner: &Inner, (ids, changed): Acked) {
+    if let Ok(changed) = &changed {
+        for (id, _) in ids.iter().zip(changed).filter(|(_, c)| **c) {
+            emit_state(inner, id, MessageState::Delivered);
+        }
+    }
+    let mut links = inner.links.lock().await;
+    for id in &ids {
+        links.in_flight.remove(id);
+    }
 }
 
 /// Opens a link to `to` (its presence gives the address). Returns whether one is up.
@@ -108,7 +125,7 @@ async fn run(
     inner: Arc<Inner>,
     to: UserKey,
     sess: crate::session::Session,
-    mut rx: mpsc::Receiver<Envelope>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
 ) {
     let crate::session::Session {
         mut writer,
@@ -116,11 +133,11 @@ async fn run(
         ..
     } = sess;
     let mut write = tokio::spawn(async move {
-        while let Some(env) = rx.recv().await {
+        while let Some(bytes) = rx.recv().await {
             // Whatever else is already waiting goes in the same write.
-            let mut next = Some(env);
-            while let Some(env) = next.take() {
-                if let Ok(frame) = postcard::to_stdvec(&Frame::Envelope(env.to_bytes()))
+            let mut next = Some(bytes);
+            while let Some(bytes) = next.take() {
+                if let Ok(frame) = postcard::to_stdvec(&Frame::Envelope(bytes))
                     && writer.queue(&frame).is_err()
                 {
                     return;
@@ -144,42 +161,55 @@ async fn run(
             }
         }
     });
-    let mut acks: JoinSet<(MessageId, Result<bool, crate::db::DbError>)> = JoinSet::new();
+    let mut acks: JoinSet<Acked> = JoinSet::new();
     let mut shutdown = inner.shutdown.clone();
-    loop {
+    let mut open = true;
+    while open {
         let bytes = tokio::select! {
             r = frames.recv() => match r {
                 Some(b) => b,
                 None => break,
             },
-            Some(Ok((id, r))) = acks.join_next(), if !acks.is_empty() => {
-                if let Ok(true) = r {
-                    emit_state(&inner, &id, MessageState::Delivered);
-                }
-                inner.links.lock().await.in_flight.remove(&id);
+            Some(Ok(acked)) = acks.join_next(), if !acks.is_empty() => {
+                settle(&inner, acked).await;
                 continue;
             }
             _ = &mut write => break,
             _ = shutdown.changed() => break,
         };
-        let id = match postcard::from_bytes::<Frame>(&bytes) {
-            Ok(Frame::Ack(id)) => MessageId(id),
-            Ok(Frame::Nack(id, why)) => {
-                tracing::debug!("{} refused {}: {why}", to.to_hex(), MessageId(id).to_hex());
-                inner.links.lock().await.in_flight.remove(&MessageId(id));
-                continue;
+        // The acks that came with this one clear the outbox in one request.
+        let mut ids = Vec::new();
+        let mut next = Some(bytes);
+        while let Some(bytes) = next.take() {
+            match postcard::from_bytes::<Frame>(&bytes) {
+                Ok(Frame::Ack(id)) => ids.push(MessageId(id)),
+                Ok(Frame::Nack(id, why)) => {
+                    tracing::debug!("{} refused {}: {why}", to.to_hex(), MessageId(id).to_hex());
+                    inner.links.lock().await.in_flight.remove(&MessageId(id));
+                }
+                _ => {
+                    open = false;
+                    break;
+                }
             }
-            _ => break,
-        };
-        let db = inner.db.clone();
-        acks.spawn(async move { (id, db.ack_delivered(id.0, to.0).await) });
+            if ids.len() < ACK_BATCH {
+                next = frames.try_recv().ok();
+            }
+        }
+        if !ids.is_empty() {
+            let db = inner.db.clone();
+            acks.spawn(async move {
+                let r = db
+                    .ack_delivered_many(ids.iter().map(|id| id.0).collect(), to.0)
+                    .await;
+                (ids, r)
+            });
+        }
     }
     write.abort();
     read.abort();
-    while let Some(Ok((id, r))) = acks.join_next().await {
-        if let Ok(true) = r {
-            emit_state(&inner, &id, MessageState::Delivered);
-        }
+    while let Some(Ok(acked)) = acks.join_next().await {
+        settle(&inner, acked).await;
     }
     // Whatever was not acknowledged stays in the outbox, due for the worker.
     let mut links = inner.links.lock().await;

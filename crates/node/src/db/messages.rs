@@ -136,6 +136,27 @@ impl Db {
         .await
     }
 
+    /// [`Db::ack_delivered`] for many ids from one `peer` (the acks that came
+    /// in together), in one request: whether each changed anything.
+    pub async fn ack_delivered_many(
+        &self,
+        ids: Vec<MessageId>,
+        peer: UserKey,
+    ) -> Result<Vec<bool>, DbError> {
+        self.write_rerun(move |conn| {
+            let mut delete =
+                conn.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND recipient = ?2")?;
+            ids.iter()
+                .map(|id| {
+                    let removed = delete.execute([&id[..], &peer[..]])?;
+                    let moved = advance_sent_to(conn, id, &peer, MessageState::Delivered)?;
+                    Ok(removed > 0 || moved)
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// `peer` read `id` (a message we sent them); returns whether it changed.
     pub async fn ack_read(&self, id: MessageId, peer: UserKey) -> Result<bool, DbError> {
         self.write(move |conn| {
@@ -363,5 +384,59 @@ impl Db {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(id: u8, to: u8) -> OutgoingMessage {
+        OutgoingMessage {
+            id: [id; 16],
+            to: [to; 32],
+            from: [1; 32],
+            text: format!("message {id}"),
+            sent_ms: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_in_one_request_clear_only_the_recipient_s_own_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path().join("chat.db")).expect("open");
+        for (id, to) in [(1, 7), (2, 7), (3, 8)] {
+            db.insert_outgoing(out(id, to), vec![id; 40])
+                .await
+                .expect("insert");
+        }
+        // 7 acks its two, someone else's (3) and an unknown id: only its own count.
+        let changed = db
+            .ack_delivered_many(vec![[1; 16], [3; 16], [2; 16], [9; 16]], [7; 32])
+            .await
+            .expect("ack");
+        assert_eq!(changed, vec![true, false, true, false]);
+        for (id, state) in [
+            (1, MessageState::Delivered),
+            (2, MessageState::Delivered),
+            (3, MessageState::Queued),
+        ] {
+            let m = db.message([id; 16]).await.expect("read").expect("stored");
+            assert_eq!(m.state, state, "message {id}");
+        }
+        let left: Vec<MessageId> = db
+            .outbox_due(i64::MAX, 10)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, vec![[3; 16]]);
+        // Acked again: nothing changes.
+        let again = db
+            .ack_delivered_many(vec![[1; 16], [2; 16]], [7; 32])
+            .await
+            .expect("ack");
+        assert_eq!(again, vec![false, false]);
     }
 }

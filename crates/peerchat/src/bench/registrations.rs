@@ -284,21 +284,23 @@ fn open_fds() -> usize {
 /// once as "connection refused"; to an open one it is dropped as malformed.
 async fn wait_listening(addr: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
-    let Ok(sock) = tokio::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await else {
+    // A plain non-blocking socket: on loopback the "port unreachable" answer
+    // is queued on it before `send` returns, so one read right after tells.
+    // (Waiting for that answer, as this did, 2 ms per probe, put 2 ms between
+    // every two logins and made the logins fall behind a 5 ms schedule; and
+    // tokio's `try_recv` would not read before its reactor saw the socket
+    // readable.)
+    let Ok(sock) = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)) else {
         return;
     };
-    if sock.connect(addr).await.is_err() {
+    if sock.connect(addr).is_err() || sock.set_nonblocking(true).is_err() {
         return;
     }
     let mut buf = [0u8; 64];
     loop {
-        let refused = match sock.send(&[]).await {
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-            Ok(_) => matches!(
-                tokio::time::timeout(Duration::from_millis(2), sock.recv(&mut buf)).await,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-            ),
-        };
+        let refused = |r: std::io::Result<usize>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        let r = sock.send(&[]);
+        let refused = refused(r) || refused(sock.recv(&mut buf));
         if !refused || Instant::now() >= deadline {
             return;
         }

@@ -54,6 +54,10 @@ pub struct ChatConfig {
     /// Reader threads of the database (0: the writer's thread reads too; one
     /// thread and one connection per node, for benchmarks running many nodes).
     pub db_readers: usize,
+    /// Pages of SQLite cache the database keeps between statements (`None`:
+    /// SQLite's default, up to 2 MiB; see [`crate::db::DbOptions::cache_pages`]).
+    /// A tiny cache saves memory in processes running many nodes.
+    pub db_cache_pages: Option<u32>,
     /// Events buffered for slow subscribers (allocated up front: keep it small
     /// when running many nodes in one process).
     pub event_buffer: usize,
@@ -72,6 +76,7 @@ impl ChatConfig {
             presence_every: Duration::from_secs(300),
             relay_retry_every: Duration::from_secs(5),
             db_readers: crate::db::DbOptions::default().readers,
+            db_cache_pages: None,
             event_buffer: 16_384,
         }
     }
@@ -225,6 +230,7 @@ impl ChatNode {
             datadir.db_path(),
             crate::db::DbOptions {
                 readers: config.db_readers,
+                cache_pages: config.db_cache_pages,
                 ..Default::default()
             },
         )?;

@@ -68,6 +68,13 @@ pub struct DbOptions {
     pub write_queue: usize,
     /// How long a statement waits for a lock held by another connection.
     pub busy_timeout: Duration,
+    /// Pages each connection keeps cached between statements (`PRAGMA
+    /// cache_size`); `None`: SQLite's default (up to 2 MiB). Below 3 pages
+    /// nothing is kept: every statement reads its pages again from the OS's
+    /// file cache (a few microseconds each). The least memory, for processes
+    /// running many databases (the registration benchmark: ~30 KiB less per
+    /// database).
+    pub cache_pages: Option<u32>,
 }
 
 impl Default for DbOptions {
@@ -77,6 +84,7 @@ impl Default for DbOptions {
             max_batch: 1024,
             write_queue: 8192,
             busy_timeout: Duration::from_secs(5),
+            cache_pages: None,
         }
     }
 }
@@ -124,6 +132,9 @@ fn open_conn(path: &Path, writer: bool, opts: &DbOptions) -> rusqlite::Result<Co
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
+    if let Some(pages) = opts.cache_pages {
+        conn.pragma_update(None, "cache_size", i64::from(pages))?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     if writer {
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -257,6 +268,71 @@ impl Db {
         match rx.await {
             Ok(r) => r.map_err(|e| e.classify(&self.inner.path)),
             Err(_) => Err(DbError::Closed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_size(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "cache_size", |r| r.get(0))
+            .expect("cache_size")
+    }
+
+    #[test]
+    fn cache_pages_sets_the_page_cache_and_a_tiny_cache_keeps_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let default = open_conn(&path, true, &DbOptions::default()).expect("open");
+        // SQLite's own default: 2,000 KiB.
+        assert_eq!(cache_size(&default), -2000);
+        drop(default);
+        let opts = DbOptions {
+            readers: 0,
+            cache_pages: Some(2),
+            ..DbOptions::default()
+        };
+        assert_eq!(cache_size(&open_conn(&path, true, &opts).expect("open")), 2);
+
+        // With two pages cached, a table spanning many pages is still written
+        // and read back whole.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let db = Db::open_with(&path, opts).expect("open db");
+            let value = "v".repeat(500);
+            for i in 0..200 {
+                db.meta_set(&format!("k{i:03}"), &format!("{i}{value}"))
+                    .await
+                    .expect("meta_set");
+            }
+            for i in 0..200 {
+                let got = db.meta_get(&format!("k{i:03}")).await.expect("meta_get");
+                assert_eq!(got, Some(format!("{i}{value}")));
+            }
+        });
+    }
+
+    #[test]
+    fn sqlite_is_built_without_per_connection_preallocations() {
+        // `.cargo/config.toml` builds the bundled SQLite with these: each
+        // connection would otherwise touch ~88 KiB of page-cache block and
+        // 48 KiB of lookaside at open (docs/benchmarks.md, registration storm).
+        let conn = Connection::open_in_memory().expect("open");
+        let mut st = conn.prepare("PRAGMA compile_options").expect("prepare");
+        let opts: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        for want in ["DEFAULT_PCACHE_INITSZ=0", "DEFAULT_LOOKASIDE=0,0"] {
+            assert!(
+                opts.iter().any(|o| o == want),
+                "SQLite was built without {want} (LIBSQLITE3_FLAGS in .cargo/config.toml): {opts:?}"
+            );
         }
     }
 }

@@ -478,19 +478,10 @@ async fn serve_session(inner: Arc<Inner>, sess: Session) {
         let (inner, ack_tx) = (inner.clone(), ack_tx.clone());
         tokio::spawn(async move {
             let verdicts = peerchat_chat::envelope::verify_batch(&batch);
-            let each = batch.into_iter().zip(verdicts).map(|(env, verdict)| {
-                let (inner, ack_tx) = (&inner, &ack_tx);
-                async move {
-                    let id = env.id.0;
-                    let relayed = env.sender != peer;
-                    let frame = match deliver_checked(inner, env, verdict, relayed).await {
-                        Ok(_) => Frame::Ack(id),
-                        Err(e) => Frame::Nack(id, e.to_string()),
-                    };
-                    let _ = ack_tx.send(frame).await;
-                }
-            });
-            futures_util::future::join_all(each).await;
+            let batch = batch.into_iter().zip(verdicts).collect();
+            for frame in deliver_many(&inner, batch, peer).await {
+                let _ = ack_tx.send(frame).await;
+            }
             drop(permits);
         });
     }
@@ -524,51 +515,134 @@ async fn deliver_checked(
     verdict: Result<(), peerchat_chat::EnvelopeError>,
     relayed: bool,
 ) -> Result<bool, ChatError> {
+    match open_checked(inner, &env, verdict)? {
+        Content::Text {
+            text, sender_name, ..
+        } => {
+            let fresh = inner.db.insert_incoming(incoming(&env, text)).await?;
+            after_text(inner, &env, sender_name, fresh, relayed).await;
+            Ok(fresh)
+        }
+        receipt => {
+            apply_receipt(inner, &env, receipt).await;
+            Ok(false)
+        }
+    }
+}
+
+/// [`deliver_checked`] for envelopes that came together on one session: the
+/// texts among them are stored in one database request. Returns each one's
+/// answer to the session, in order.
+async fn deliver_many(
+    inner: &Arc<Inner>,
+    batch: Vec<(Envelope, Result<(), peerchat_chat::EnvelopeError>)>,
+    peer: UserKey,
+) -> Vec<Frame> {
+    let mut answers: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
+    // (index, envelope, sender name) of the texts, and their rows.
+    let mut texts = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (env, verdict)) in batch.into_iter().enumerate() {
+        match open_checked(inner, &env, verdict) {
+            Ok(Content::Text {
+                text, sender_name, ..
+            }) => {
+                rows.push(incoming(&env, text));
+                texts.push((i, env, sender_name));
+                answers.push(None);
+            }
+            Ok(receipt) => {
+                apply_receipt(inner, &env, receipt).await;
+                answers.push(Some(Frame::Ack(env.id.0)));
+            }
+            Err(e) => answers.push(Some(Frame::Nack(env.id.0, e.to_string()))),
+        }
+    }
+    if !rows.is_empty() {
+        match inner.db.insert_incoming_many(rows).await {
+            Ok(fresh) => {
+                for ((i, env, sender_name), fresh) in texts.into_iter().zip(fresh) {
+                    let relayed = env.sender != peer;
+                    after_text(inner, &env, sender_name, fresh, relayed).await;
+                    answers[i] = Some(Frame::Ack(env.id.0));
+                }
+            }
+            Err(e) => {
+                let e = ChatError::from(e).to_string();
+                for (i, env, _) in texts {
+                    answers[i] = Some(Frame::Nack(env.id.0, e.clone()));
+                }
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or(Frame::Nack([0; 16], "not handled".into())))
+        .collect()
+}
+
+/// Checks that `env` is for us and that its signature held (`verdict`), and opens it.
+fn open_checked(
+    inner: &Inner,
+    env: &Envelope,
+    verdict: Result<(), peerchat_chat::EnvelopeError>,
+) -> Result<Content, ChatError> {
     if env.recipient != inner.me {
         super::refuse(inner, &"not addressed to this user");
         return Err(ChatError::BadMessage("not addressed to this user".into()));
     }
-    let content = verdict
+    verdict
         .and_then(|()| env.open_verified(&inner.identity, &inner.opened))
         .map_err(|e| {
             super::refuse(inner, &e);
             ChatError::BadMessage(e.to_string())
-        })?;
-    let mut new_text = false;
-    match content {
-        Content::Text {
-            text, sender_name, ..
-        } => {
-            let fresh = inner
-                .db
-                .insert_incoming(IncomingMessage {
-                    id: env.id.0,
-                    from: env.sender.0,
-                    text,
-                    sent_ms: env.timestamp_ms as i64,
-                    received_ms: now_ms() as i64,
-                })
-                .await?;
-            if fresh {
-                match sender_name {
-                    // Someone new: check the name they give against the
-                    // network before the message is shown under it.
-                    Some(name) if !directory::is_known(inner, &env.sender).await => {
-                        let (inner, id, sender) = (inner.clone(), env.id, env.sender);
-                        tokio::spawn(async move {
-                            directory::learn_name(&inner, sender, &name).await;
-                            announce_message(&inner, id).await;
-                        });
-                    }
-                    _ => announce_message(inner, env.id).await,
-                }
+        })
+}
+
+/// The history row of a received text.
+fn incoming(env: &Envelope, text: String) -> IncomingMessage {
+    IncomingMessage {
+        id: env.id.0,
+        from: env.sender.0,
+        text,
+        sent_ms: env.timestamp_ms as i64,
+        received_ms: now_ms() as i64,
+    }
+}
+
+/// What follows a received text's storing: it is shown if `fresh` (once its
+/// sender's name is checked, for someone new), and if it came through a relay,
+/// the relays and the sender are told.
+async fn after_text(
+    inner: &Arc<Inner>,
+    env: &Envelope,
+    sender_name: Option<String>,
+    fresh: bool,
+    relayed: bool,
+) {
+    if fresh {
+        match sender_name {
+            // Someone new: check the name they give against the
+            // network before the message is shown under it.
+            Some(name) if !directory::is_known(inner, &env.sender).await => {
+                let (inner, id, sender) = (inner.clone(), env.id, env.sender);
+                tokio::spawn(async move {
+                    directory::learn_name(&inner, sender, &name).await;
+                    announce_message(&inner, id).await;
+                });
             }
-            if relayed {
-                // Every relay's copy is dropped and the sender told, in batches.
-                inner.after_delivery.push(env.sender, env.id, fresh);
-            }
-            new_text = fresh;
+            _ => announce_message(inner, env.id).await,
         }
+    }
+    if relayed {
+        // Every relay's copy is dropped and the sender told, in batches.
+        inner.after_delivery.push(env.sender, env.id, fresh);
+    }
+}
+
+/// A delivery or read receipt from `env`'s sender.
+async fn apply_receipt(inner: &Inner, env: &Envelope, receipt: Content) {
+    match receipt {
         Content::Delivered { ids } => {
             for id in ids {
                 if let Ok(true) = inner.db.ack_delivered(id.0, env.sender.0).await {
@@ -583,8 +657,8 @@ async fn deliver_checked(
                 }
             }
         }
+        Content::Text { .. } => {}
     }
-    Ok(new_text)
 }
 
 /// Tells event subscribers about a received message.

@@ -83,6 +83,39 @@ impl Db {
         .await
     }
 
+    /// [`Db::insert_incoming`] for many messages, in one request (atomic as a
+    /// whole): whether each was new.
+    pub async fn insert_incoming_many(
+        &self,
+        msgs: Vec<IncomingMessage>,
+    ) -> Result<Vec<bool>, DbError> {
+        self.write_rerun(move |conn| {
+            let mut seen = conn.prepare_cached(
+                "INSERT INTO seen (id, seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO messages (id, peer, direction, sender, text, sent_ms, received_ms, state) \
+                 VALUES (?1, ?2, 'in', ?2, ?3, ?4, ?5, 'delivered') ON CONFLICT DO NOTHING",
+            )?;
+            msgs.iter()
+                .map(|msg| {
+                    if seen.execute(params![&msg.id[..], msg.received_ms])? == 0 {
+                        return Ok(false);
+                    }
+                    let n = insert.execute(params![
+                        &msg.id[..],
+                        &msg.from[..],
+                        msg.text,
+                        msg.sent_ms,
+                        msg.received_ms
+                    ])?;
+                    Ok(n > 0)
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Stores an outgoing message (history, state `queued`) and its envelope in
     /// the outbox, atomically and durably. Fails if the id exists. The outbox
     /// entry is due [`FAST_PATH_GRACE_MS`] later: the sender streams it at once
@@ -399,6 +432,34 @@ mod tests {
             text: format!("message {id}"),
             sent_ms: 1_000,
         }
+    }
+
+    #[tokio::test]
+    async fn texts_in_one_request_are_each_stored_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path().join("chat.db")).expect("open");
+        let msg = |id: u8| IncomingMessage {
+            id: [id; 16],
+            from: [7; 32],
+            text: format!("text {id}"),
+            sent_ms: 5,
+            received_ms: 6,
+        };
+        assert!(db.insert_incoming(msg(1)).await.expect("insert"));
+        // 1 was seen before; 2 comes twice in the batch.
+        let fresh = db
+            .insert_incoming_many(vec![msg(1), msg(2), msg(3), msg(2)])
+            .await
+            .expect("insert");
+        assert_eq!(fresh, vec![false, true, true, false]);
+        let texts: Vec<String> = db
+            .history([7; 32], 10)
+            .await
+            .expect("history")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, vec!["text 1", "text 2", "text 3"]);
     }
 
     #[tokio::test]

@@ -302,13 +302,27 @@ pub fn accept_claim(existing: Option<&NameClaim>, new: &NameClaim) -> Result<Acc
 /// same way), and of that key's claims the one with the highest `seq`.
 ///
 /// Clients then pin the key (trust on first use) and show its fingerprint.
+///
+/// Storers mostly return the same claim: each distinct claim is verified once.
 pub fn resolve_claims<'a>(
     name: &Username,
     claims: impl IntoIterator<Item = &'a NameClaim>,
 ) -> Option<&'a NameClaim> {
     let mut by_key: BTreeMap<UserKey, (usize, &'a NameClaim)> = BTreeMap::new();
+    let mut checked: Vec<(&'a NameClaim, bool)> = Vec::new();
     for claim in claims {
-        if claim.name != *name || claim.verify().is_err() {
+        if claim.name != *name {
+            continue;
+        }
+        let valid = match checked.iter().find(|(c, _)| *c == claim) {
+            Some((_, v)) => *v,
+            None => {
+                let v = claim.verify().is_ok();
+                checked.push((claim, v));
+                v
+            }
+        };
+        if !valid {
             continue;
         }
         let entry = by_key.entry(claim.key).or_insert((0, claim));

@@ -182,6 +182,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
         nodes.len(),
         started.elapsed()
     );
+    let asked = nodes.len();
     let mut set = JoinSet::new();
     for n in nodes {
         let dht = inner.dht.clone();
@@ -191,27 +192,41 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
     // We may be one of the k closest nodes ourselves (find_node never returns
     // us): the claim we hold counts too.
     let mut claims: Vec<NameClaim> = held_claim(inner, name).await.into_iter().collect();
-    // The k storers mostly hold the same claim: check each distinct one once
-    // (an ed25519 verification is most of a resolution's CPU).
-    let mut checked: Vec<(Vec<u8>, bool)> = Vec::new();
-    while let Some(r) = set.join_next().await {
-        let Ok(Ok(Some(Ok(resp)))) = r else { continue };
-        let Some(raw) = wire::bytes(&resp.other, "claim") else {
-            continue;
-        };
-        let Ok(c) = NameClaim::from_bytes(raw) else {
-            continue;
-        };
-        let valid = match checked.iter().find(|(b, _)| b.as_slice() == raw) {
+    let voters = asked + claims.len();
+    // Each distinct claim is verified once (storers mostly return the same one),
+    // and valid claims are counted by key.
+    let mut distinct: Vec<(NameClaim, bool)> = Vec::new();
+    let mut votes: std::collections::HashMap<UserKey, usize> = std::collections::HashMap::new();
+    let mut count = |c: &NameClaim, distinct: &mut Vec<(NameClaim, bool)>| {
+        let valid = match distinct.iter().find(|(d, _)| d == c) {
             Some((_, v)) => *v,
             None => {
-                let v = c.verify().is_ok() && c.name == *name;
-                checked.push((raw.to_vec(), v));
+                let v = c.verify().is_ok();
+                distinct.push((c.clone(), v));
                 v
             }
         };
         if valid {
+            *votes.entry(c.key).or_default() += 1;
+        }
+        votes.get(&c.key).copied().unwrap_or(0)
+    };
+    for c in &claims {
+        count(c, &mut distinct);
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(Ok(Some(Ok(resp)))) = r
+            && let Some(Ok(c)) = wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes)
+            && c.name == *name
+        {
+            let held = count(&c, &mut distinct);
             claims.push(c);
+            // The key held by the most storers wins: once one key holds a
+            // strict majority of everyone asked, the answers still out cannot
+            // change the outcome, and the slowest storers need not be waited for.
+            if held * 2 > voters {
+                break;
+            }
         }
     }
     Ok(resolve_claims(name, &claims).map(|c| c.key))

@@ -308,6 +308,11 @@ async fn wait_listening(addr: SocketAddr, limit: Duration) {
     }
 }
 
+/// The file a worker process writes once user `i`, its last, has joined.
+fn joined_mark(dir: &Path, i: u32) -> PathBuf {
+    dir.join(format!("joined-{i}"))
+}
+
 /// Runs a worker process: reads commands from stdin, answers on stdout.
 pub(crate) fn run_worker() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -555,6 +560,8 @@ impl Worker {
         self.start_sampler();
         let mut users = self.users.clone();
         users.sort_unstable();
+        let last = users.iter().max().copied();
+        let last = last.as_ref();
         let mut set = JoinSet::new();
         // The previous user's login in this process: when it has joined.
         let mut previous: Option<(u32, tokio::sync::oneshot::Receiver<()>)> = None;
@@ -576,14 +583,21 @@ impl Worker {
                 Some((p, joined)) if p + 1 == i => {
                     let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
                 }
-                // The first user of a process after another process's last.
+                // The first user of a process after another process's last:
+                // that process leaves a mark when its last user has joined.
                 _ if i > 0 => {
+                    let mark = joined_mark(&self.dir, i - 1);
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !mark.exists() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     wait_listening(user_addr(i - 1, self.port), Duration::from_secs(5)).await;
                 }
                 _ => {}
             }
             let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
             previous = Some((i, joined_rx));
+            let mark = (Some(&i) == last).then(|| joined_mark(&self.dir, i));
             let mut cfg = ChatConfig::new(self.dir.join(format!("u{i}")), user_addr(i, self.port));
             // The previous user, and the two before it in case its own join
             // failed (a user alone would start a second network that every
@@ -601,6 +615,9 @@ impl Worker {
             set.spawn(async move {
                 let started = ChatNode::start(cfg).await;
                 let _ = joined_tx.send(());
+                if let Some(mark) = mark {
+                    let _ = std::fs::write(mark, b"");
+                }
                 match started {
                     Ok(node) => {
                         if let Ok(mut c) = clients.lock() {

@@ -609,6 +609,7 @@ impl Worker {
             cfg.k = self.k;
             cfg.alpha = self.alpha;
             cfg.db_readers = 0;
+            cfg.db_cache_pages = Some(2);
             cfg.event_buffer = 16;
             let clients = self.clients.clone();
             let nodes = self.nodes.clone();

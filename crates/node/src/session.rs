@@ -78,8 +78,8 @@ pub fn x25519_of(identity: &[u8; 32]) -> Result<[u8; 32], SessionError> {
 pub struct SessionWriter {
     stream: OwnedWriteHalf,
     noise: std::sync::Arc<std::sync::Mutex<snow::TransportState>>,
-    buf: Vec<u8>,
-    /// Sealed frames queued and not yet written.
+    /// Sealed frames queued and not yet written (each sealed in place here:
+    /// no 64 KiB scratch buffer per session).
     out: Vec<u8>,
 }
 
@@ -148,7 +148,6 @@ fn split(stream: TcpStream, noise: snow::TransportState, peer: [u8; 32]) -> Sess
         writer: SessionWriter {
             stream: w,
             noise: noise.clone(),
-            buf: vec![0u8; MAX_NOISE],
             out: Vec::new(),
         },
         reader: SessionReader {
@@ -256,14 +255,28 @@ impl SessionWriter {
         if plaintext.len() > MAX_FRAME {
             return Err(SessionError::TooLarge(plaintext.len()));
         }
-        let n = {
-            let mut noise = self.noise.lock().map_err(|_| SessionError::WrongIdentity)?;
-            noise.write_message(plaintext, &mut self.buf)?
+        // Room for the length prefix, the ciphertext and its 16-byte tag.
+        let start = self.out.len();
+        self.out.resize(start + 2 + plaintext.len() + 16, 0);
+        let sealed = match self.noise.lock() {
+            Ok(mut noise) => noise
+                .write_message(plaintext, &mut self.out[start + 2..])
+                .map_err(SessionError::from),
+            Err(_) => Err(SessionError::WrongIdentity),
         };
-        let len = n as u16;
-        self.out.extend_from_slice(&len.to_be_bytes());
-        self.out.extend_from_slice(&self.buf[..n]);
-        Ok(())
+        let len = sealed
+            .and_then(|n| u16::try_from(n).map_err(|_| SessionError::TooLarge(plaintext.len())));
+        match len {
+            Ok(len) => {
+                self.out.truncate(start + 2 + usize::from(len));
+                self.out[start..start + 2].copy_from_slice(&len.to_be_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                self.out.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     /// Bytes queued and not yet sent.
@@ -345,6 +358,39 @@ mod tests {
         sess.writer.send(b"hello").await.unwrap();
         assert_eq!(sess.reader.recv().await.unwrap(), b"hello");
         assert_eq!(server.await.unwrap(), a.identity);
+    }
+
+    #[tokio::test]
+    async fn queued_frames_arrive_in_order_and_a_refused_one_leaves_no_trace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = (keys(1), keys(2));
+        let b2 = b.clone();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut sess = accept(s, &b2).await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(sess.reader.recv().await.unwrap());
+            }
+            got
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut sess = connect(stream, &a, b.identity).await.unwrap();
+        let big = vec![7u8; MAX_FRAME];
+        sess.writer.queue(b"one").unwrap();
+        let before = sess.writer.queued();
+        assert!(matches!(
+            sess.writer.queue(&vec![0u8; MAX_FRAME + 1]),
+            Err(SessionError::TooLarge(_))
+        ));
+        assert_eq!(sess.writer.queued(), before);
+        sess.writer.queue(&big).unwrap();
+        sess.writer.queue(b"").unwrap();
+        sess.writer.flush().await.unwrap();
+        assert_eq!(sess.writer.queued(), 0);
+        let got = server.await.unwrap();
+        assert_eq!(got, vec![b"one".to_vec(), big, Vec::new()]);
     }
 
     #[tokio::test]

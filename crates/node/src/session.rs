@@ -360,23 +360,24 @@ mod tests {
         assert_eq!(server.await.unwrap(), a.identity);
     }
 
-    #[tokio::test]
-    async fn queued_frames_arrive_in_order_and_a_refused_one_leaves_no_trace() {
+    /// A session from user 1 to user 2 on loopback: (user 1's end, user 2's end).
+    async fn session_pair() -> (Session, Session) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (a, b) = (keys(1), keys(2));
-        let b2 = b.clone();
+        let identity = b.identity;
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut sess = accept(s, &b2).await.unwrap();
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                got.push(sess.reader.recv().await.unwrap());
-            }
-            got
+            accept(s, &b).await.unwrap()
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let mut sess = connect(stream, &a, b.identity).await.unwrap();
+        let client = connect(stream, &a, identity).await.unwrap();
+        (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn queued_frames_arrive_in_order_and_a_refused_one_leaves_no_trace() {
+        let (mut sess, mut far) = session_pair().await;
         let big = vec![7u8; MAX_FRAME];
         sess.writer.queue(b"one").unwrap();
         let before = sess.writer.queued();
@@ -389,7 +390,10 @@ mod tests {
         sess.writer.queue(b"").unwrap();
         sess.writer.flush().await.unwrap();
         assert_eq!(sess.writer.queued(), 0);
-        let got = server.await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(far.reader.recv().await.unwrap());
+        }
         assert_eq!(got, vec![b"one".to_vec(), big, Vec::new()]);
     }
 

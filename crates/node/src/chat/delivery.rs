@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use super::{ChatError, ChatEvent, Inner, directory, emit_state, now_ms, view_of, wire};
+use super::{ChatError, ChatEvent, Inner, directory, emit_state, lock, now_ms, view_of, wire};
 use crate::db::{IncomingMessage, MessageState, OutboxEntry, OutgoingMessage};
 use crate::session::{self, Session};
 
@@ -113,12 +113,7 @@ const SEALERS: usize = 4096;
 /// them while it is young (see [`peerchat_chat::Sealer`]).
 fn seal(inner: &Inner, to: UserKey, content: &Content, now: u64) -> Result<Envelope, ChatError> {
     let bad = |e: peerchat_chat::EnvelopeError| ChatError::BadMessage(e.to_string());
-    let kept = inner
-        .sealers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_mut(&to)
-        .and_then(|s| s.claim(now));
+    let kept = lock(&inner.sealers).get_mut(&to).and_then(|s| s.claim(now));
     if let Some(mut sealer) = kept {
         return sealer
             .seal(&inner.identity, content, now, &mut rand::rng())
@@ -130,7 +125,7 @@ fn seal(inner: &Inner, to: UserKey, content: &Content, now: u64) -> Result<Envel
     let env = sealer
         .seal(&inner.identity, content, now, &mut rand::rng())
         .map_err(bad)?;
-    let mut sealers = inner.sealers.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sealers = lock(&inner.sealers);
     if sealers.len() >= SEALERS {
         sealers.clear();
     }
@@ -689,7 +684,7 @@ pub(crate) struct AfterDelivery {
 
 impl AfterDelivery {
     pub(crate) fn push(&self, sender: UserKey, id: MessageId, fresh: bool) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = lock(&self.pending);
         if pending.len() < AFTER_DELIVERY_MAX {
             pending.push((sender, id, fresh));
         }
@@ -698,7 +693,7 @@ impl AfterDelivery {
     }
 
     fn take(&self) -> Vec<(UserKey, MessageId, bool)> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.pending))
     }
 }
 
@@ -798,11 +793,7 @@ pub(crate) async fn fetch_mailbox(inner: &Arc<Inner>) -> usize {
                         }
                     };
                     ids.push(env.id);
-                    if taken
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(env.id)
-                    {
+                    if lock(&taken).insert(env.id) {
                         fresh.push(env);
                     }
                 }
@@ -828,7 +819,7 @@ pub(crate) async fn fetch_mailbox(inner: &Arc<Inner>) -> usize {
                         // it and it comes again with the next fetch.
                         Err(ChatError::Db(e)) => {
                             tracing::warn!("storing a message from the mailbox: {e}");
-                            taken.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                            lock(&taken).remove(&id);
                             ids.retain(|i| *i != id);
                         }
                         // Refused for good (forged, not for us): acknowledged so

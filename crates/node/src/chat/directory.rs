@@ -9,7 +9,7 @@ use peerchat_kad::Value;
 use tokio::task::JoinSet;
 
 use super::views::WhoisView;
-use super::{ChatError, Inner, now_ms, wire};
+use super::{ChatError, Inner, lock, now_ms, wire};
 use crate::db::Contact;
 
 /// Claims our name and publishes our presence at login, then keeps both fresh.
@@ -282,22 +282,13 @@ pub(crate) async fn store_claim(
     stored
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The key of a name: our pinned contact if we have one, else the network's answer (then pinned).
 pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, ChatError> {
     let username = Username::new(name)?;
     if username == inner.name {
         return Ok(inner.me);
     }
-    let cached = inner
-        .pinned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(username.as_str())
-        .copied();
+    let cached = lock(&inner.pinned).get(username.as_str()).copied();
     if let Some(key) = cached {
         return Ok(key);
     }
@@ -317,11 +308,7 @@ pub(crate) async fn known_key(inner: &Inner, name: &str) -> Result<UserKey, Chat
 
 /// Caches a pinned contact's key by name (pins are never changed).
 fn remember_pin(inner: &Inner, username: &Username, key: UserKey) {
-    inner
-        .pinned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(username.as_str().to_string(), key);
+    lock(&inner.pinned).insert(username.as_str().to_string(), key);
 }
 
 /// Whether we already have a name for `key` (ours, a contact's, or one learned).

@@ -139,6 +139,12 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Locks one of the node's small synchronous caches. A panic while one was held
+/// leaves a cache, not a broken invariant: go on with what it holds.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) struct Inner {
     pub(crate) identity: Identity,
     pub(crate) me: UserKey,

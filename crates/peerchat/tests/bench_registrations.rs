@@ -73,6 +73,21 @@ fn tiny_real_storms_register_resolve_and_deliver_everything() {
 }
 
 #[test]
+fn a_storm_spread_over_worker_processes_chains_them_and_resolves_every_name() {
+    // Three processes of 8 users: each process's first user registers once the
+    // previous process's last one has joined (its mark file).
+    let report = storm(&["--nodes", "24", "--users-per-worker", "8", "--seed", "6"]);
+    let run = &report["runs"][0];
+    assert_eq!(num(run, "workers"), 3.0, "{run}");
+    let checks = 24.0 * 23.0;
+    assert!(num(run, "resolutions") >= 200.0_f64.min(checks), "{run}");
+    assert_eq!(num(run, "resolved"), num(run, "resolutions"), "{run}");
+    assert_eq!(num(run, "delivered"), num(run, "messages"), "{run}");
+    assert_eq!(num(run, "join_failures"), 0.0, "{run}");
+    assert_eq!(num(run, "announce_failures"), 0.0, "{run}");
+}
+
+#[test]
 fn tiny_simulated_storm_resolves_every_name() {
     let report = storm(&["--sim", "--nodes", "30,60", "--pairs", "20"]);
     for run in report["runs"].as_array().expect("runs") {

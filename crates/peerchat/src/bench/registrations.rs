@@ -560,8 +560,7 @@ impl Worker {
         self.start_sampler();
         let mut users = self.users.clone();
         users.sort_unstable();
-        let last = users.iter().max().copied();
-        let last = last.as_ref();
+        let last = users.last().copied();
         let mut set = JoinSet::new();
         // The previous user's login in this process: when it has joined.
         let mut previous: Option<(u32, tokio::sync::oneshot::Receiver<()>)> = None;
@@ -597,7 +596,7 @@ impl Worker {
             }
             let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
             previous = Some((i, joined_rx));
-            let mark = (Some(&i) == last).then(|| joined_mark(&self.dir, i));
+            let mark = (Some(i) == last).then(|| joined_mark(&self.dir, i));
             let mut cfg = ChatConfig::new(self.dir.join(format!("u{i}")), user_addr(i, self.port));
             // The previous user, and the two before it in case its own join
             // failed (a user alone would start a second network that every

@@ -64,21 +64,35 @@ where
         let Some(f) = self.f.take() else {
             return false;
         };
-        let r = f(conn);
-        let ok = r.is_ok();
-        self.result = Some(r);
-        ok
+        keep(&mut self.result, f(conn))
     }
 
     fn finish(self: Box<Self>, batch: Result<(), &DbError>) {
-        let out = match (batch, self.result) {
-            (Err(e), _) => Err(e.for_batch()),
-            (Ok(()), Some(r)) => r,
-            (Ok(()), None) => Err(DbError::NotCommitted("the request did not run".into())),
-        };
-        // The caller may have gone away; its write is stored all the same.
-        let _ = self.reply.send(out);
+        answer(self.reply, self.result, batch);
     }
+}
+
+/// Keeps a request's result for its answer; returns whether it succeeded.
+fn keep<R>(slot: &mut Option<Result<R, DbError>>, r: Result<R, DbError>) -> bool {
+    let ok = r.is_ok();
+    *slot = Some(r);
+    ok
+}
+
+/// Answers a caller once its batch's fate is known: its own result if the
+/// batch was committed, else the batch's error.
+fn answer<R>(
+    reply: oneshot::Sender<Result<R, DbError>>,
+    result: Option<Result<R, DbError>>,
+    batch: Result<(), &DbError>,
+) {
+    let out = match (batch, result) {
+        (Err(e), _) => Err(e.for_batch()),
+        (Ok(()), Some(r)) => r,
+        (Ok(()), None) => Err(DbError::NotCommitted("the request did not run".into())),
+    };
+    // The caller may have gone away; its write is stored all the same.
+    let _ = reply.send(out);
 }
 
 /// A write request that can run again (see `Db::write_rerun`).
@@ -94,19 +108,11 @@ where
     R: Send,
 {
     fn run(&mut self, conn: &Connection) -> bool {
-        let r = (self.f)(conn);
-        let ok = r.is_ok();
-        self.result = Some(r);
-        ok
+        keep(&mut self.result, (self.f)(conn))
     }
 
     fn finish(self: Box<Self>, batch: Result<(), &DbError>) {
-        let out = match (batch, self.result) {
-            (Err(e), _) => Err(e.for_batch()),
-            (Ok(()), Some(r)) => r,
-            (Ok(()), None) => Err(DbError::NotCommitted("the request did not run".into())),
-        };
-        let _ = self.reply.send(out);
+        answer(self.reply, self.result, batch);
     }
 
     fn rerunnable(&self) -> bool {

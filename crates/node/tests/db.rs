@@ -508,6 +508,29 @@ async fn durable_across_reopen() -> Result<(), DbError> {
     Ok(())
 }
 
+/// A clean close leaves one file: the last connection to close checkpoints
+/// the WAL into the database and removes it. With the writer and a reader
+/// closing at once, each could see the other still open and leave the WAL
+/// behind (the database file then held only its header).
+#[test]
+fn a_closed_database_is_one_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for i in 0..40u64 {
+        let path = dir.path().join(format!("db-{i}.db"));
+        let db = Db::open(&path).expect("open");
+        rt.block_on(db.insert_incoming(incoming(i + 1, 2, 3)))
+            .expect("insert");
+        drop(db);
+        let wal = dir.path().join(format!("db-{i}.db-wal"));
+        assert!(!wal.exists(), "close {i} left {}", wal.display());
+        let len = std::fs::metadata(&path).expect("metadata").len();
+        assert!(len > 4096, "close {i}: the database holds {len} bytes");
+    }
+}
+
 #[test]
 fn corrupt_database_gives_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -24,7 +24,8 @@
 //!
 //! A write whose future is dropped after it was queued is still carried out.
 //! Dropping the last [`Db`] clone stops the threads after they finish their
-//! queued work (the drop waits for that).
+//! queued work (the drop waits for that), the writer last, so that a closed
+//! database is one file with no WAL beside it.
 
 mod error;
 mod messages;
@@ -107,15 +108,23 @@ struct Inner {
     path: PathBuf,
     write_tx: Option<mpsc::Sender<BoxedWrite>>,
     read_tx: Option<mpsc::Sender<BoxedRead>>,
-    threads: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queues ends the threads once they have drained them.
-        self.write_tx.take();
+        // Closing a queue ends its threads once they have drained it. The
+        // readers go first so that the writer's connection is the last one
+        // open: only the last connection to close checkpoints the WAL into
+        // the database file and removes it (two closing at once may each
+        // see the other still open and both leave the WAL behind).
         self.read_tx.take();
-        for t in self.threads.drain(..) {
+        for t in self.readers.drain(..) {
+            let _ = t.join();
+        }
+        self.write_tx.take();
+        if let Some(t) = self.writer.take() {
             let _ = t.join();
         }
     }
@@ -204,7 +213,8 @@ impl Db {
             path: path.clone(),
             write_tx: Some(write_tx),
             read_tx: (opts.readers > 0).then_some(read_tx),
-            threads: Vec::new(),
+            writer: None,
+            readers: Vec::new(),
         };
         let max_batch = opts.max_batch.max(1);
         let writer_path = path.clone();
@@ -212,14 +222,14 @@ impl Db {
             .name("peerchat-db-writer".into())
             .spawn(move || worker::writer_loop(conn, write_rx, max_batch, &writer_path))
             .map_err(DbError::Thread)?;
-        inner.threads.push(t);
+        inner.writer = Some(t);
         for (i, rconn) in readers.into_iter().enumerate() {
             let rx = Arc::clone(&read_rx);
             let t = std::thread::Builder::new()
                 .name(format!("peerchat-db-reader-{i}"))
                 .spawn(move || worker::reader_loop(rconn, rx))
                 .map_err(DbError::Thread)?;
-            inner.threads.push(t);
+            inner.readers.push(t);
         }
         Ok(Db {
             inner: Arc::new(inner),

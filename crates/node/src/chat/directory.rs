@@ -13,16 +13,26 @@ use super::{ChatError, Inner, lock, now_ms, wire};
 use crate::db::Contact;
 
 /// Claims our name and publishes our presence at login, then keeps both fresh.
-pub(crate) async fn publisher(inner: Arc<Inner>) {
+///
+/// `first_run`: this data dir has never run a node, so our name and presence
+/// were never published and nobody could address a message to us (a message
+/// is addressed by name): the login's mailbox fetch, a lookup and k requests,
+/// is skipped. Should a copied identity have mail waiting after all, the next
+/// periodic fetch or a relay's push brings it.
+pub(crate) async fn publisher(inner: Arc<Inner>, first_run: bool) {
     let mut shutdown = inner.shutdown.clone();
     let mut last_publish: Option<std::time::Instant> = None;
+    let mut fetch = !first_run;
     loop {
         // The mailbox first: at login what waits for us is what the user wants to
         // see; then now and then (relays also push when they see our presence).
-        let got = super::delivery::fetch_mailbox(&inner).await;
-        if got > 0 {
-            tracing::info!("{got} messages from the mailbox");
+        if fetch {
+            let got = super::delivery::fetch_mailbox(&inner).await;
+            if got > 0 {
+                tracing::info!("{got} messages from the mailbox");
+            }
         }
+        fetch = true;
         let due = last_publish.is_none_or(|t| t.elapsed() >= inner.config.presence_every)
             || !inner.claimed.load(Ordering::Relaxed);
         if due {

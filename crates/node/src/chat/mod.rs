@@ -354,7 +354,7 @@ impl ChatNode {
             tokio::spawn(delivery::accept_loop(inner.clone(), tcp)),
             tokio::spawn(delivery::outbox_worker(inner.clone())),
             tokio::spawn(relay::relay_worker(inner.clone())),
-            tokio::spawn(directory::publisher(inner.clone())),
+            tokio::spawn(directory::publisher(inner.clone(), last_listen.is_none())),
             tokio::spawn(snapshot_worker(inner.clone())),
             tokio::spawn(delivery::after_delivery_worker(inner.clone())),
         ];

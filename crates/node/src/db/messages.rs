@@ -346,6 +346,15 @@ impl Db {
         .await
     }
 
+    /// When the soonest outbox entry is due (unix ms), if there is any.
+    pub async fn outbox_next_due(&self) -> Result<Option<i64>, DbError> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached("SELECT min(next_attempt_ms) FROM outbox")?;
+            Ok(st.query_row([], |r| r.get::<_, Option<i64>>(0))?)
+        })
+        .await
+    }
+
     /// Every outbox entry, oldest first.
     pub async fn outbox_all(&self) -> Result<Vec<OutboxEntry>, DbError> {
         self.read(move |conn| {

@@ -22,17 +22,17 @@ use crate::db::Contact;
 pub(crate) async fn publisher(inner: Arc<Inner>, first_run: bool) {
     let mut shutdown = inner.shutdown.clone();
     let mut last_publish: Option<std::time::Instant> = None;
-    let mut fetch = !first_run;
+    let mut last_fetch = first_run.then(std::time::Instant::now);
     loop {
         // The mailbox first: at login what waits for us is what the user wants to
-        // see; then now and then (relays also push when they see our presence).
-        if fetch {
+        // see; then every `fetch_every` (relays also push when they see our presence).
+        if last_fetch.is_none_or(|t| t.elapsed() >= inner.config.fetch_every) {
             let got = super::delivery::fetch_mailbox(&inner).await;
             if got > 0 {
                 tracing::info!("{got} messages from the mailbox");
             }
+            last_fetch = Some(std::time::Instant::now());
         }
-        fetch = true;
         let due = last_publish.is_none_or(|t| t.elapsed() >= inner.config.presence_every)
             || !inner.claimed.load(Ordering::Relaxed);
         if due {

@@ -49,6 +49,10 @@ pub struct ChatConfig {
     pub relay: RelayConfig,
     /// How often presence is republished.
     pub presence_every: Duration,
+    /// How often the mailbox is fetched after login. Relays push what they
+    /// hold as soon as they see our presence, so this pull is only the safety
+    /// net; each costs a lookup and `k` requests.
+    pub fetch_every: Duration,
     /// How often relays retry pushing held messages to their recipients.
     pub relay_retry_every: Duration,
     /// Reader threads of the database (0: the writer's thread reads too; one
@@ -74,6 +78,7 @@ impl ChatConfig {
             alpha: peerchat_kad::DEFAULT_ALPHA,
             relay: RelayConfig::default(),
             presence_every: Duration::from_secs(300),
+            fetch_every: Duration::from_secs(600),
             relay_retry_every: Duration::from_secs(5),
             db_readers: crate::db::DbOptions::default().readers,
             db_cache_pages: None,

@@ -418,6 +418,18 @@ async fn contacts_routing_dht_names() -> Result<(), DbError> {
     let mut r = db.load_routing().await?;
     r.sort();
     assert_eq!(r, vec![([2; 20], a), ([3; 20], b)], "replaced wholesale");
+    // In place: a new address, a new contact, and one gone.
+    db.update_routing(
+        vec![([3; 20], a), ([4; 20], b)],
+        Some(vec![[3; 20], [4; 20]]),
+    )
+    .await?;
+    let mut r = db.load_routing().await?;
+    r.sort();
+    assert_eq!(r, vec![([3; 20], a), ([4; 20], b)], "updated in place");
+    // Without `keep`, nothing is removed.
+    db.update_routing(vec![([5; 20], a)], None).await?;
+    assert_eq!(db.load_routing().await?.len(), 3);
 
     let rec = DhtRecord {
         target: [7; 20],
@@ -450,7 +462,7 @@ async fn contacts_routing_dht_names() -> Result<(), DbError> {
     let c = db.counts().await?;
     assert_eq!(
         (c.contacts, c.routing, c.dht_records, c.name_claims),
-        (1, 2, 1, 0)
+        (1, 3, 1, 0)
     );
     Ok(())
 }

@@ -198,6 +198,42 @@ impl Db {
         .await
     }
 
+    /// Updates the routing-table snapshot in place: `upsert` holds the contacts
+    /// that are new or have a new address; with `keep`, every row whose id is
+    /// not in it is removed. Costs what changed rather than the whole table.
+    pub async fn update_routing(
+        &self,
+        upsert: Vec<(NodeId, SocketAddr)>,
+        keep: Option<Vec<NodeId>>,
+    ) -> Result<(), DbError> {
+        self.write(move |conn| {
+            let mut st = conn.prepare_cached(
+                "INSERT INTO routing (node_id, addr) VALUES (?1, ?2) \
+                 ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr",
+            )?;
+            for (id, addr) in &upsert {
+                st.execute(params![&id[..], addr.to_string()])?;
+            }
+            if let Some(mut keep) = keep {
+                keep.sort_unstable();
+                let ids: Vec<Vec<u8>> = conn
+                    .prepare_cached("SELECT node_id FROM routing")?
+                    .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut del = conn.prepare_cached("DELETE FROM routing WHERE node_id = ?1")?;
+                for id in ids {
+                    let kept = NodeId::try_from(id.as_slice())
+                        .is_ok_and(|i| keep.binary_search(&i).is_ok());
+                    if !kept {
+                        del.execute([&id])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The routing-table snapshot. Rows that do not parse are skipped (and logged):
     /// a snapshot is a hint, not a record.
     pub async fn load_routing(&self) -> Result<Vec<(NodeId, SocketAddr)>, DbError> {

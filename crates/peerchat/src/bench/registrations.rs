@@ -731,66 +731,44 @@ impl Worker {
         let mut ok = vec![false; ops.len()];
         let mut micros = vec![0; ops.len()];
         let mut errors = Vec::new();
-        // A few at a time: latencies of a quiet network, not of a queue.
-        for (chunk_no, chunk) in ops.chunks(4).enumerate() {
-            let mut set = JoinSet::new();
-            for (j, op) in chunk.iter().enumerate() {
-                let c = self.client(op.from);
-                let op = op.clone();
-                let port = self.port;
-                set.spawn(async move {
-                    let Some(c) = c else {
-                        return (
-                            j,
-                            false,
-                            0,
-                            Some(format!("user {} is not running", op.from)),
-                        );
-                    };
-                    let t = Instant::now();
-                    let r = c.whois(&user_name(op.to)).await;
-                    let us = t.elapsed().as_micros() as u64;
-                    match r {
-                        Ok(w) => {
-                            let addr = user_addr(op.to, port).to_string();
-                            let good = w.key == op.key && w.chat_addrs.contains(&addr);
-                            let err = (!good).then(|| {
-                                format!(
-                                    "{} resolved {}: key {}, addresses {:?}",
-                                    op.from,
-                                    op.to,
-                                    &w.key[..16.min(w.key.len())],
-                                    w.chat_addrs
-                                )
-                            });
-                            (j, good, us, err)
-                        }
-                        Err(e) => {
-                            let table = c
-                                .dht_snapshot()
-                                .await
-                                .map(|s| s.contacts.len())
-                                .unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            let again = c.whois(&user_name(op.to)).await.map(|w| w.key == op.key);
-                            (
-                                j,
-                                false,
-                                us,
-                                Some(format!(
-                                    "{} resolving {}: {e} (table {table}, again: {again:?})",
-                                    op.from, op.to
-                                )),
-                            )
-                        }
+        // One at a time (and one worker at a time): the latency of a lookup on
+        // a quiet network. Four at once on two cores measured a queue: 3.3 ms
+        // at 1,280 users against 1.3 ms for one at a time.
+        for (i, op) in ops.iter().enumerate() {
+            let Some(c) = self.client(op.from) else {
+                errors.push(format!("user {} is not running", op.from));
+                continue;
+            };
+            let t = Instant::now();
+            let r = c.whois(&user_name(op.to)).await;
+            micros[i] = t.elapsed().as_micros() as u64;
+            match r {
+                Ok(w) => {
+                    let addr = user_addr(op.to, self.port).to_string();
+                    ok[i] = w.key == op.key && w.chat_addrs.contains(&addr);
+                    if !ok[i] {
+                        errors.push(format!(
+                            "{} resolved {}: key {}, addresses {:?}",
+                            op.from,
+                            op.to,
+                            &w.key[..16.min(w.key.len())],
+                            w.chat_addrs
+                        ));
                     }
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                let (j, good, us, err) = r?;
-                ok[chunk_no * 4 + j] = good;
-                micros[chunk_no * 4 + j] = us;
-                errors.extend(err);
+                }
+                Err(e) => {
+                    let table = c
+                        .dht_snapshot()
+                        .await
+                        .map(|s| s.contacts.len())
+                        .unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let again = c.whois(&user_name(op.to)).await.map(|w| w.key == op.key);
+                    errors.push(format!(
+                        "{} resolving {}: {e} (table {table}, again: {again:?})",
+                        op.from, op.to
+                    ));
+                }
             }
         }
         // The hops of every lookup the resolvers ran meanwhile.
@@ -1413,22 +1391,23 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     let by_to = by(&|o: &Op| o.to);
     let busy = |g: &[Vec<Op>]| -> Vec<usize> { (0..nw).filter(|&w| !g[w].is_empty()).collect() };
     let check_budget = Duration::from_secs(120);
-    for &w in &busy(&by_from) {
+    let mut lookup_ms = Vec::new();
+    let mut hops = Vec::new();
+    let mut unresolved: Vec<(u32, u32)> = Vec::new();
+    // One worker after another, so that one lookup runs at a time.
+    for w in busy(&by_from) {
         workers.send(
             w,
             &Cmd::Resolve {
                 ops: by_from[w].clone(),
             },
         )?;
-    }
-    let mut lookup_ms = Vec::new();
-    let mut hops = Vec::new();
-    let mut unresolved: Vec<(u32, u32)> = Vec::new();
-    let resolvers = busy(&by_from);
-    let replies = workers.collect(&resolvers, check_budget, |t| {
-        bar(&label, t / 5.0, "resolving names")
-    })?;
-    for (&w, r) in resolvers.iter().zip(replies) {
+        let replies = workers.collect(&[w], check_budget, |t| {
+            bar(&label, t / 5.0, "resolving names")
+        })?;
+        let Some(r) = replies.into_iter().next() else {
+            continue;
+        };
         if let Reply::Resolved {
             ok,
             micros,

@@ -86,6 +86,11 @@ pub struct SessionWriter {
 /// Bytes a session reader takes from the socket at once: a stream of small
 /// frames costs one read per buffer, not two per frame.
 const READ_BUFFER: usize = 64 * 1024;
+/// Room for one of our handshake messages (the longest, the initiator's: an
+/// ephemeral key, our encrypted static key and identity key, 144 bytes).
+/// Sized to them rather than to the largest Noise message (64 KiB, zeroed,
+/// three times per handshake).
+const HANDSHAKE_MESSAGE: usize = 256;
 /// A writer's queue keeps at most this much capacity once flushed.
 const KEEP_QUEUE: usize = 64 * 1024;
 
@@ -167,7 +172,8 @@ pub fn read_hello(
     msg: &[u8],
 ) -> Result<(snow::HandshakeState, [u8; 32]), SessionError> {
     let mut hs = builder(keys)?.build_responder()?;
-    let mut payload = vec![0u8; MAX_NOISE];
+    // The payload is shorter than the message that carries it.
+    let mut payload = vec![0u8; msg.len()];
     let n = hs.read_message(msg, &mut payload)?;
     let peer: [u8; 32] = payload
         .get(..n)
@@ -208,14 +214,14 @@ pub async fn connect(
         let mut hs = builder(keys)?
             .remote_public_key(&remote)?
             .build_initiator()?;
-        let mut buf = vec![0u8; MAX_NOISE];
+        let mut buf = vec![0u8; HANDSHAKE_MESSAGE];
         // -> e, es, s, ss; payload: our identity key.
         let n = hs.write_message(&keys.identity, &mut buf)?;
         write_raw(&mut stream, &buf[..n]).await?;
         // <- e, ee, se
         let mut msg = Vec::new();
         read_raw(&mut stream, &mut msg).await?;
-        let mut payload = vec![0u8; MAX_NOISE];
+        let mut payload = vec![0u8; msg.len()];
         hs.read_message(&msg, &mut payload)?;
         Ok::<_, SessionError>(hs.into_transport_mode()?)
     };
@@ -231,7 +237,7 @@ pub async fn accept(mut stream: TcpStream, keys: &SessionKeys) -> Result<Session
         let mut msg = Vec::new();
         read_raw(&mut stream, &mut msg).await?;
         let (mut hs, peer) = read_hello(keys, &msg)?;
-        let mut buf = vec![0u8; MAX_NOISE];
+        let mut buf = vec![0u8; HANDSHAKE_MESSAGE];
         let n = hs.write_message(&[], &mut buf)?;
         write_raw(&mut stream, &buf[..n]).await?;
         Ok::<_, SessionError>((hs.into_transport_mode()?, peer))

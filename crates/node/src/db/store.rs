@@ -186,13 +186,7 @@ impl Db {
     pub async fn save_routing(&self, nodes: Vec<(NodeId, SocketAddr)>) -> Result<(), DbError> {
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM routing")?.execute([])?;
-            let mut st = conn.prepare_cached(
-                "INSERT INTO routing (node_id, addr) VALUES (?1, ?2) \
-                 ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr",
-            )?;
-            for (id, addr) in &nodes {
-                st.execute(params![&id[..], addr.to_string()])?;
-            }
+            upsert_routing(conn, &nodes)?;
             Ok(())
         })
         .await
@@ -207,13 +201,7 @@ impl Db {
         keep: Option<Vec<NodeId>>,
     ) -> Result<(), DbError> {
         self.write(move |conn| {
-            let mut st = conn.prepare_cached(
-                "INSERT INTO routing (node_id, addr) VALUES (?1, ?2) \
-                 ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr",
-            )?;
-            for (id, addr) in &upsert {
-                st.execute(params![&id[..], addr.to_string()])?;
-            }
+            upsert_routing(conn, &upsert)?;
             if let Some(mut keep) = keep {
                 keep.sort_unstable();
                 let ids: Vec<Vec<u8>> = conn
@@ -398,4 +386,19 @@ impl Db {
         })
         .await
     }
+}
+
+/// Writes these contacts into the routing snapshot (a known id gets the new address).
+fn upsert_routing(
+    conn: &rusqlite::Connection,
+    nodes: &[(NodeId, SocketAddr)],
+) -> rusqlite::Result<()> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO routing (node_id, addr) VALUES (?1, ?2) \
+         ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr",
+    )?;
+    for (id, addr) in nodes {
+        st.execute(params![&id[..], addr.to_string()])?;
+    }
+    Ok(())
 }

@@ -268,6 +268,11 @@ impl NameClaim {
 /// The first valid claim for a name wins; afterwards only its key may update it, with
 /// a higher `seq`.
 pub fn accept_claim(existing: Option<&NameClaim>, new: &NameClaim) -> Result<Accept, ClaimError> {
+    // The claim already held, offered again (its owner announcing itself
+    // anew): it was verified when it was stored, so no signature check.
+    if existing == Some(new) {
+        return Ok(Accept::Unchanged);
+    }
     new.verify()?;
     let Some(old) = existing else {
         return Ok(Accept::New);
@@ -283,9 +288,6 @@ pub fn accept_claim(existing: Option<&NameClaim>, new: &NameClaim) -> Result<Acc
             name: old.name.clone(),
             owner: old.key.fingerprint(),
         });
-    }
-    if old == new {
-        return Ok(Accept::Unchanged);
     }
     if new.seq <= old.seq {
         return Err(ClaimError::StaleSeq {

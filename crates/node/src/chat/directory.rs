@@ -56,7 +56,7 @@ pub(crate) async fn publisher(inner: Arc<Inner>, first_run: bool) {
 }
 
 pub(crate) async fn claim_name(inner: &Inner) {
-    let claim = NameClaim::new(&inner.identity, &inner.name, 1, now_ms());
+    let claim = inner.claim.clone();
     let bytes = claim.to_bytes();
     // We are among the nodes closest to our own name too (find_node never
     // returns us): keep our claim here as any storer would (first claim wins).

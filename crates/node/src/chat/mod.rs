@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use peerchat_chat::{Identity, MessageId, RelayConfig, RelayQueue, UserKey, Username};
+use peerchat_chat::{Identity, MessageId, NameClaim, RelayConfig, RelayQueue, UserKey, Username};
 use peerchat_kad::{Config, NodeId, NodeInfo};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, broadcast, mpsc, watch};
@@ -192,6 +192,10 @@ pub(crate) struct Inner {
     /// that thousands of nodes in one process do not each rewrite ~100 rows
     /// every 30 s.
     pub(crate) routing_saved: std::sync::Mutex<Option<Vec<u64>>>,
+    /// Our name claim, signed once per run: announcing it again offers the
+    /// storers the very claim they hold, which they keep without checking its
+    /// signature again.
+    pub(crate) claim: NameClaim,
 }
 
 /// A running chat node.
@@ -300,6 +304,7 @@ impl ChatNode {
         }
         let (stop, shutdown) = watch::channel(false);
         let (events, _) = broadcast::channel(config.event_buffer.max(1));
+        let claim = NameClaim::new(&identity, &name, 1, now_ms());
         let inner = Arc::new(Inner {
             keys: SessionKeys {
                 x25519_secret: identity.x25519_secret(),
@@ -328,6 +333,7 @@ impl ChatNode {
             links: Mutex::new(link::Links::default()),
             after_delivery: delivery::AfterDelivery::default(),
             routing_saved: std::sync::Mutex::new(None),
+            claim,
         });
         let db = &inner.db;
         db.meta_set(meta_keys::LISTEN_ADDR, &config.listen.to_string())

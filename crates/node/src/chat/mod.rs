@@ -649,10 +649,12 @@ async fn save_routing(inner: &Inner) {
     }
 }
 
-/// What a routing snapshot holding the contacts fingerprinted `saved` needs to
-/// hold `nodes` (fingerprinted `prints`, sorted): the contacts to write and,
-/// when some saved one is gone, the ids to keep. `None`: nothing changed.
+/// The contacts to write into a routing snapshot and, when some are gone, the
+/// ids to keep.
 type RoutingChanges = (Vec<([u8; 20], SocketAddr)>, Option<Vec<[u8; 20]>>);
+
+/// What a routing snapshot holding the contacts fingerprinted `saved` needs to
+/// hold `nodes` (fingerprinted `prints`, sorted). `None`: nothing changed.
 fn routing_changes(
     saved: &[u64],
     nodes: &[([u8; 20], SocketAddr)],

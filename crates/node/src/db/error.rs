@@ -28,6 +28,12 @@ pub enum DbError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// The disk holding the database is full (or SQLite's page limit is reached).
+    #[error("the disk holding the database {} is full: free some space; nothing stored is lost", .path.display())]
+    DiskFull {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The database could not be opened or set up.
     #[error("cannot open the database {}: {source}", .path.display())]
     Open {
@@ -54,9 +60,17 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Turns SQLite's "corrupt" and "not a database" failures into [`DbError::Corrupt`].
+    /// Turns SQLite's "corrupt" and "not a database" failures into
+    /// [`DbError::Corrupt`], and "full" into [`DbError::DiskFull`].
     pub(crate) fn classify(self, path: &Path) -> DbError {
         match self {
+            DbError::Sqlite(e) | DbError::Open { source: e, .. }
+                if e.sqlite_error_code() == Some(ErrorCode::DiskFull) =>
+            {
+                DbError::DiskFull {
+                    path: path.to_path_buf(),
+                }
+            }
             DbError::Sqlite(e) | DbError::Open { source: e, .. } if is_corrupt(&e) => {
                 DbError::Corrupt {
                     path: path.to_path_buf(),
@@ -74,6 +88,7 @@ impl DbError {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            DbError::DiskFull { path } => DbError::DiskFull { path: path.clone() },
             DbError::Closed => DbError::Closed,
             other => DbError::NotCommitted(other.to_string()),
         }

@@ -36,6 +36,9 @@ pub(crate) trait WriteJob: Send {
     fn rerunnable(&self) -> bool {
         false
     }
+    /// Takes out the error of the last run, if it failed (the batch's error
+    /// answers the caller then).
+    fn take_error(&mut self) -> Option<DbError>;
 }
 
 /// A write request with its reply channel.
@@ -69,6 +72,21 @@ where
 
     fn finish(self: Box<Self>, batch: Result<(), &DbError>) {
         answer(self.reply, self.result, batch);
+    }
+
+    fn take_error(&mut self) -> Option<DbError> {
+        take_error(&mut self.result)
+    }
+}
+
+/// Takes the error out of a failed request's result.
+fn take_error<R>(slot: &mut Option<Result<R, DbError>>) -> Option<DbError> {
+    match slot.take() {
+        Some(Err(e)) => Some(e),
+        other => {
+            *slot = other;
+            None
+        }
     }
 }
 
@@ -117,6 +135,10 @@ where
 
     fn rerunnable(&self) -> bool {
         true
+    }
+
+    fn take_error(&mut self) -> Option<DbError> {
+        take_error(&mut self.result)
     }
 }
 
@@ -228,6 +250,12 @@ fn run_in_savepoint(conn: &Connection, job: &mut BoxedWrite) -> Result<(), DbErr
     exec(conn, "SAVEPOINT job")?;
     if job.run(conn) {
         exec(conn, "RELEASE job")?;
+    } else if conn.is_autocommit() {
+        // SQLite rolled the whole transaction back, as it may on a full disk
+        // or an I/O error: the batch is lost, and this request says why.
+        return Err(job.take_error().unwrap_or_else(|| {
+            DbError::NotCommitted("SQLite rolled the transaction back".into())
+        }));
     } else {
         exec(conn, "ROLLBACK TO job")?;
         exec(conn, "RELEASE job")?;
@@ -352,5 +380,51 @@ mod tests {
         // The first pass stopped at the failure; the second ran all three again.
         assert_eq!(runs.load(Ordering::SeqCst), 2 + 3);
         assert!(conn.is_autocommit(), "the transaction is committed");
+    }
+    #[test]
+    fn a_full_disk_fails_clearly_and_keeps_what_was_stored() {
+        let conn = table();
+        conn.execute("INSERT INTO t (k, v) VALUES (1, 'kept')", [])
+            .expect("seed");
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("page_count");
+        // SQLite's page limit fails a write just as a full disk does.
+        conn.pragma_update(None, "max_page_count", pages)
+            .expect("limit");
+        let big = |k: i64| {
+            let (tx, rx) = oneshot::channel();
+            let f = move |conn: &Connection| {
+                conn.execute(
+                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                    (k, "x".repeat(64 << 10)),
+                )?;
+                Ok(())
+            };
+            (Box::new(Job::new(f, tx)) as BoxedWrite, rx)
+        };
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, ra) = rerun(vec![2], runs.clone());
+        let (b, rb) = big(3);
+        let mut batch = vec![a, b];
+        run_batch(&conn, &mut batch, Path::new("test.db"));
+        let err = answer(rb).expect_err("the big write cannot be stored");
+        let err = err.classify(Path::new("test.db"));
+        assert!(matches!(err, DbError::DiskFull { .. }), "{err:?}");
+        assert!(err.to_string().contains("is full"), "{err}");
+        let small = answer(ra);
+        assert!(conn.is_autocommit(), "no transaction is left open");
+        // Whatever SQLite rolled back, what was stored before stays.
+        let expect = if small.is_ok() { vec![1, 2] } else { vec![1] };
+        assert_eq!(rows(&conn), expect);
+
+        // Space again: writes go on.
+        conn.pragma_update(None, "max_page_count", 1_000_000)
+            .expect("limit");
+        let (c, rc) = big(4);
+        let mut batch = vec![c];
+        run_batch(&conn, &mut batch, Path::new("test.db"));
+        assert!(answer(rc).is_ok());
+        assert!(rows(&conn).contains(&4));
     }
 }

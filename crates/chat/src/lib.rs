@@ -46,5 +46,8 @@ pub use names::{
     resolve_claims, validate_name,
 };
 pub use outbox::{DeliveryState, ParseStateError};
-pub use presence::{MAX_PRESENCE_ADDRS, PRESENCE_SALT, Presence, PresenceError, presence_target};
+pub use presence::{
+    MAX_PRESENCE_ADDRS, PRESENCE_SALT, Presence, PresenceError, beside_claim, from_beside_claim,
+    newest_presence, presence_target,
+};
 pub use relay::{RelayConfig, RelayEntry, RelayError, RelayQueue, Stored, ip_bucket};

@@ -135,6 +135,50 @@ impl Presence {
     }
 }
 
+/// A presence item as it travels beside its owner's name claim (`pc_claim`
+/// hands it to the claim's storers, `pc_resolve` returns it with the claim):
+/// the key is the claim's and the salt is [`PRESENCE_SALT`], so only `pseq`,
+/// `psig` and `pv` go on the wire. A reader then learns who holds a name and
+/// where they are in one lookup; the BEP 44 item stays the record of where a
+/// user is, and the lookup of it the fallback.
+pub fn beside_claim(item: &MutableItem) -> [(Vec<u8>, Value); 3] {
+    [
+        (b"pseq".to_vec(), Value::Int(item.seq)),
+        (b"psig".to_vec(), Value::Bytes(item.sig.to_vec())),
+        (b"pv".to_vec(), item.value.clone()),
+    ]
+}
+
+/// The presence item carried beside a claim of `key` (see [`beside_claim`]),
+/// not verified yet; `None` if the fields are absent or malformed.
+pub fn from_beside_claim(fields: &BTreeMap<Vec<u8>, Value>, key: &UserKey) -> Option<MutableItem> {
+    let seq = fields.get(b"pseq".as_slice())?.as_int()?;
+    let sig = <[u8; 64]>::try_from(fields.get(b"psig".as_slice())?.as_bytes()?).ok()?;
+    let value = fields.get(b"pv".as_slice())?.clone();
+    Some(MutableItem {
+        key: key.0,
+        salt: PRESENCE_SALT.to_vec(),
+        seq,
+        value,
+        sig,
+    })
+}
+
+/// Of presence items said to be `key`'s, the newest that is valid: the
+/// highest `seq` whose key, salt, size and signature check out. Only the
+/// items tried are verified, newest first.
+pub fn newest_presence<'a>(
+    key: &UserKey,
+    items: impl IntoIterator<Item = &'a MutableItem>,
+) -> Option<Presence> {
+    let mut items: Vec<&MutableItem> = items.into_iter().collect();
+    items.sort_by_key(|i| std::cmp::Reverse(i.seq));
+    items.dedup_by(|a, b| a == b);
+    items
+        .into_iter()
+        .find_map(|i| Presence::from_item(i, key).ok())
+}
+
 /// The BEP 44 target of `user`'s presence: SHA-1(key ‖ [`PRESENCE_SALT`]).
 pub fn presence_target(user: &UserKey) -> NodeId {
     bep44::mutable_target(&user.0, PRESENCE_SALT)
@@ -290,6 +334,39 @@ mod tests {
             Presence::from_item(&salt, &a.public()),
             Err(PresenceError::WrongSalt)
         );
+    }
+
+    #[test]
+    fn beside_a_claim_the_newest_valid_item_wins() {
+        let (a, b) = ids();
+        let old = sample().to_item(&a, 1).unwrap();
+        let newer = Presence {
+            chat: vec!["5.6.7.8:7000".parse().unwrap()],
+            ..sample()
+        };
+        let new = newer.to_item(&a, 2).unwrap();
+        // The fields round-trip to the same item, under the claim's key.
+        let fields: BTreeMap<Vec<u8>, Value> = beside_claim(&new).into_iter().collect();
+        assert_eq!(from_beside_claim(&fields, &a.public()), Some(new.clone()));
+        // Under another key the signature fails.
+        let relabelled = from_beside_claim(&fields, &b.public()).unwrap();
+        assert_eq!(newest_presence(&b.public(), [&relabelled]), None);
+        // A forged item with a higher seq is passed over for the newest valid one.
+        let mut forged = new.clone();
+        forged.seq = 9;
+        assert_eq!(
+            newest_presence(&a.public(), [&old, &forged, &new, &old]),
+            Some(newer)
+        );
+        assert_eq!(newest_presence(&a.public(), [&old]), Some(sample()));
+        assert_eq!(newest_presence(&a.public(), []), None);
+        // Missing or malformed fields: nothing.
+        let mut short = fields.clone();
+        short.insert(b"psig".to_vec(), Value::Bytes(vec![0; 63]));
+        assert_eq!(from_beside_claim(&short, &a.public()), None);
+        let mut missing = fields;
+        missing.remove(b"pv".as_slice());
+        assert_eq!(from_beside_claim(&missing, &a.public()), None);
     }
 
     #[test]

@@ -5,7 +5,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use peerchat_chat::{UserKey, presence_target};
 use peerchat_node::chat::{ChatClient, ChatConfig, ChatNode, init};
+
+fn unhex(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex key");
+    }
+    out
+}
 
 async fn start(dir: &Path, name: &str, boot: Option<SocketAddr>, fresh: bool) -> ChatNode {
     if fresh {
@@ -70,6 +79,15 @@ async fn direct_and_offline_delivery() {
     let w = a.whois("bob").await.unwrap();
     assert_eq!(w.key, b.status().await.unwrap().key);
     assert!(a.whois("nobody").await.is_err());
+    // Bob's presence came with his claim, from the name's storers: one lookup,
+    // none of his BEP 44 item.
+    assert_eq!(w.chat_addrs, vec![bob.listen_addr().to_string()]);
+    let bob_presence = presence_target(&UserKey(unhex(&w.key)));
+    let lookups = a.dht_snapshot().await.unwrap().lookups;
+    assert!(
+        !lookups.iter().any(|l| l.target == bob_presence),
+        "whois looked bob's presence item up: {lookups:?}"
+    );
 
     // Direct: bob is online.
     let id = a.send("bob", "hello bob").await.unwrap();

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use peerchat_chat::{Content, Envelope, Identity, RelayConfig, UserKey};
+use peerchat_chat::{
+    Content, Envelope, Identity, NameClaim, Presence, RelayConfig, UserKey, Username, beside_claim,
+    from_beside_claim, newest_presence,
+};
 use peerchat_kad::krpc::{Body, Message, Query};
 use peerchat_kad::{NodeId, Value};
 use peerchat_node::chat::{ChatClient, ChatConfig, ChatNode, init};
@@ -427,4 +430,118 @@ async fn an_oversized_datagram_storm_is_counted_and_memory_stays_bounded() {
     );
     target.shutdown().await;
     honest.shutdown().await;
+}
+
+/// A presence item signed by `who`, reaching `port` on loopback.
+fn presence(who: &Identity, port: u16, seq: i64) -> peerchat_kad::bep44::MutableItem {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    Presence {
+        dht: vec![addr],
+        chat: vec![addr],
+        node_id: NodeId([7; 20]),
+        timestamp_ms: seq as u64,
+    }
+    .to_item(who, seq)
+    .unwrap()
+}
+
+/// `pc_claim` arguments: the claim, and a presence item beside it.
+fn claim_args(
+    claim: &NameClaim,
+    item: &peerchat_kad::bep44::MutableItem,
+) -> BTreeMap<Vec<u8>, Value> {
+    let mut args = BTreeMap::new();
+    args.insert(b"claim".to_vec(), Value::Bytes(claim.to_bytes()));
+    args.extend(beside_claim(item));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_beside_a_claim_is_kept_only_when_signed_by_the_claims_key_and_newer() {
+    let _serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let storer = start(
+        &tmp.path().join("storer"),
+        "storer",
+        None,
+        RelayConfig::default(),
+    )
+    .await;
+    let to = storer.listen_addr();
+    let mut rng = rand::rng();
+    let (victim, mallory) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+    let name = Username::new("victim").unwrap();
+    let claim = NameClaim::new(&victim, &name, 1, now_ms());
+    let mut peer = RawPeer::bind("127.0.0.1").await;
+    // The presence the storer returns with the claim, as a reader sees it.
+    let resolved_port = async |peer: &mut RawPeer| {
+        let answer = peer
+            .ask(to, "pc_resolve", wire_args("name", b"victim"))
+            .await
+            .unwrap();
+        let item = from_beside_claim(&answer, &victim.public())?;
+        newest_presence(&victim.public(), [&item]).map(|p| p.chat[0].port())
+    };
+
+    peer.ask(
+        to,
+        "pc_claim",
+        claim_args(&claim, &presence(&victim, 1000, 10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolved_port(&mut peer).await, Some(1000));
+
+    // Mallory replays the victim's claim beside an item of her own, with a
+    // higher seq: it does not verify under the claim's key, and is not kept.
+    peer.ask(
+        to,
+        "pc_claim",
+        claim_args(&claim, &presence(&mallory, 6666, 99)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolved_port(&mut peer).await, Some(1000));
+    // An older item of the victim's, replayed, does not roll it back.
+    peer.ask(
+        to,
+        "pc_claim",
+        claim_args(&claim, &presence(&victim, 999, 5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolved_port(&mut peer).await, Some(1000));
+    // Mallory's own claim to the name is refused, and her valid item with it.
+    let hers = NameClaim::new(&mallory, &name, 1, now_ms());
+    let answer = peer
+        .ask(
+            to,
+            "pc_claim",
+            claim_args(&hers, &presence(&mallory, 6666, 50)),
+        )
+        .await
+        .unwrap();
+    let held = NameClaim::from_bytes(wire_bytes(&answer, "claim")).unwrap();
+    assert_eq!(held.key, victim.public(), "the first claim holds");
+    assert_eq!(resolved_port(&mut peer).await, Some(1000));
+    // The victim's newer item replaces it.
+    peer.ask(
+        to,
+        "pc_claim",
+        claim_args(&claim, &presence(&victim, 2000, 20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolved_port(&mut peer).await, Some(2000));
+    storer.shutdown().await;
+}
+
+fn wire_args(key: &str, value: &[u8]) -> BTreeMap<Vec<u8>, Value> {
+    BTreeMap::from([(key.as_bytes().to_vec(), Value::Bytes(value.to_vec()))])
+}
+
+fn wire_bytes<'a>(m: &'a BTreeMap<Vec<u8>, Value>, key: &str) -> &'a [u8] {
+    m.get(key.as_bytes())
+        .and_then(Value::as_bytes)
+        .expect("field missing")
 }

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use peerchat_chat::{NameClaim, PRESENCE_SALT, Presence, UserKey, Username, resolve_claims};
+use peerchat_chat::{
+    NameClaim, PRESENCE_SALT, Presence, UserKey, Username, beside_claim, from_beside_claim,
+    newest_presence, resolve_claims,
+};
 use peerchat_kad::Value;
+use peerchat_kad::bep44::MutableItem;
 use tokio::task::JoinSet;
 
 use super::views::WhoisView;
@@ -36,8 +40,7 @@ pub(crate) async fn publisher(inner: Arc<Inner>, first_run: bool) {
         let due = last_publish.is_none_or(|t| t.elapsed() >= inner.config.presence_every)
             || !inner.claimed.load(Ordering::Relaxed);
         if due {
-            claim_name(&inner).await;
-            match publish_presence(&inner).await {
+            match announce(&inner).await {
                 Ok(()) => last_publish = Some(std::time::Instant::now()),
                 Err(e) => tracing::debug!("publishing presence: {e}"),
             }
@@ -55,7 +58,18 @@ pub(crate) async fn publisher(inner: Arc<Inner>, first_run: bool) {
     }
 }
 
-pub(crate) async fn claim_name(inner: &Inner) {
+/// Claims our name, handing our presence to the claim's storers with it, then
+/// publishes the presence as its BEP 44 item.
+pub(crate) async fn announce(inner: &Inner) -> Result<(), ChatError> {
+    let item = presence_item(inner).await;
+    claim_name(inner, item.as_ref().ok().and_then(Option::as_ref)).await;
+    if let Some(item) = item? {
+        inner.dht.put_mutable(item, None).await?;
+    }
+    Ok(())
+}
+
+async fn claim_name(inner: &Inner, presence: Option<&MutableItem>) {
     let claim = inner.claim.clone();
     let bytes = claim.to_bytes();
     // We are among the nodes closest to our own name too (find_node never
@@ -76,13 +90,18 @@ pub(crate) async fn claim_name(inner: &Inner) {
     {
         tracing::debug!("storing our own claim: {e}");
     }
+    if let Some(item) = presence {
+        keep_claim_presence(inner, inner.name.as_str(), item.clone());
+    }
     let Ok((nodes, _)) = inner.dht.find_node(inner.name.target()).await else {
         return;
     };
+    let mut args = wire::args("claim", Value::Bytes(bytes.clone()));
+    args.extend(presence.into_iter().flat_map(beside_claim));
     let mut set = JoinSet::new();
     for n in nodes {
         let dht = inner.dht.clone();
-        let args = wire::args("claim", Value::Bytes(bytes.clone()));
+        let args = args.clone();
         set.spawn(async move { dht.request(n.addr, wire::CLAIM, args).await });
     }
     let (mut ours, mut theirs) = (0, 0);
@@ -133,18 +152,77 @@ fn our_presence(inner: &Inner, external: Option<std::net::SocketAddr>) -> Presen
     }
 }
 
-pub(crate) async fn publish_presence(inner: &Inner) -> Result<(), ChatError> {
+/// Our presence, signed; `None` while we know no address others can reach.
+async fn presence_item(inner: &Inner) -> Result<Option<MutableItem>, ChatError> {
     let snap = inner.dht.snapshot().await?;
     let p = our_presence(inner, snap.external);
     if p.chat.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // Milliseconds keep `seq` increasing across restarts.
     let item = p
         .to_item(&inner.identity, now_ms() as i64)
         .map_err(|e| ChatError::BadMessage(format!("presence: {e}")))?;
-    inner.dht.put_mutable(item, None).await?;
-    Ok(())
+    Ok(Some(item))
+}
+
+/// Most names whose claim's presence is kept (about `k` per `k` users are).
+const CLAIM_PRESENCE: usize = 4096;
+
+/// A presence item kept beside a stored claim, its value bencoded: a node keeps
+/// one for each name it stores, and a decoded value is a tree of allocations.
+pub(crate) struct KeptPresence {
+    /// The key that signed it (the claim's).
+    pub(crate) key: [u8; 32],
+    seq: i64,
+    sig: [u8; 64],
+    value: Box<[u8]>,
+}
+
+impl KeptPresence {
+    fn new(item: &MutableItem) -> KeptPresence {
+        KeptPresence {
+            key: item.key,
+            seq: item.seq,
+            sig: item.sig,
+            value: item.value.encode().into(),
+        }
+    }
+
+    /// The item again (it was verified when kept).
+    pub(crate) fn item(&self) -> Option<MutableItem> {
+        Some(MutableItem {
+            key: self.key,
+            salt: PRESENCE_SALT.to_vec(),
+            seq: self.seq,
+            value: Value::decode(&self.value).ok()?,
+            sig: self.sig,
+        })
+    }
+}
+
+/// Keeps `item` as the presence handed with the claim of `name` stored here
+/// (the caller checked that the claim held is the item's key's): if it is
+/// newer than the one kept, and valid.
+pub(crate) fn keep_claim_presence(inner: &Inner, name: &str, item: MutableItem) {
+    let newer = |kept: &std::collections::HashMap<String, KeptPresence>| {
+        kept.get(name)
+            .is_none_or(|k| k.key != item.key || k.seq < item.seq)
+    };
+    if !newer(&lock(&inner.claim_presence)) {
+        return;
+    }
+    // Verified outside the lock: a signature check takes tens of microseconds.
+    if Presence::from_item(&item, &UserKey(item.key)).is_err() {
+        return;
+    }
+    let mut kept = lock(&inner.claim_presence);
+    if newer(&kept) {
+        if kept.len() >= CLAIM_PRESENCE && !kept.contains_key(name) {
+            kept.clear();
+        }
+        kept.insert(name.to_string(), KeptPresence::new(&item));
+    }
 }
 
 /// The presence record of `key`, verified, if the DHT has one.
@@ -169,12 +247,17 @@ pub(crate) async fn presence_cached(inner: &Inner, key: &UserKey) -> Option<Pres
         return Some(p.clone());
     }
     let p = presence_of(inner, key).await?;
+    remember_presence(inner, *key, p.clone()).await;
+    Some(p)
+}
+
+/// Remembers `p` as `key`'s presence for [`PRESENCE_CACHE`].
+async fn remember_presence(inner: &Inner, key: UserKey, p: Presence) {
     let mut cache = inner.presence.lock().await;
     if cache.len() >= 4096 {
         cache.clear();
     }
-    cache.insert(*key, (p.clone(), std::time::Instant::now()));
-    Some(p)
+    cache.insert(key, (p, std::time::Instant::now()));
 }
 
 /// Drops a remembered presence record (it led nowhere).
@@ -182,8 +265,16 @@ pub(crate) async fn forget_presence(inner: &Inner, key: &UserKey) {
     inner.presence.lock().await.remove(key);
 }
 
-/// Asks the nodes closest to `name` who holds it.
-async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKey>, ChatError> {
+/// Who holds a name, and where they are as the claim's storers last heard.
+pub(crate) struct Resolved {
+    /// The key holding the name.
+    pub(crate) key: UserKey,
+    /// The newest valid presence handed with its claim, if a storer had one.
+    pub(crate) presence: Option<Presence>,
+}
+
+/// Asks the nodes closest to `name` who holds it (and where they are).
+async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolved>, ChatError> {
     let started = std::time::Instant::now();
     let (nodes, _) = inner.dht.find_node(name.target()).await?;
     tracing::debug!(
@@ -202,6 +293,11 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
     // We may be one of the k closest nodes ourselves (find_node never returns
     // us): the claim we hold counts too.
     let mut claims: Vec<NameClaim> = held_claim(inner, name).await.into_iter().collect();
+    let mut presences: Vec<MutableItem> = lock(&inner.claim_presence)
+        .get(name.as_str())
+        .and_then(KeptPresence::item)
+        .into_iter()
+        .collect();
     let voters = asked + claims.len();
     // Each distinct claim is verified once (storers mostly return the same one),
     // and valid claims are counted by key.
@@ -230,6 +326,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
             && c.name == *name
         {
             let held = count(&c, &mut distinct);
+            presences.extend(from_beside_claim(&resp.other, &c.key));
             claims.push(c);
             // The key held by the most storers wins: once one key holds a
             // strict majority of everyone asked, the answers still out cannot
@@ -239,7 +336,11 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<UserKe
             }
         }
     }
-    Ok(resolve_claims(name, &claims).map(|c| c.key))
+    let Some(key) = resolve_claims(name, &claims).map(|c| c.key) else {
+        return Ok(None);
+    };
+    let presence = newest_presence(&key, presences.iter().filter(|i| i.key == key.0));
+    Ok(Some(Resolved { key, presence }))
 }
 
 /// The valid claim for `name` stored at this node, if any.
@@ -345,7 +446,7 @@ pub(crate) async fn learn_name(inner: &Inner, sender: UserKey, name: &str) {
         return;
     };
     match resolve_network(inner, &username).await {
-        Ok(Some(key)) if key == sender => {
+        Ok(Some(Resolved { key, .. })) if key == sender => {
             if let Err(e) = pin(inner, &username, key).await {
                 tracing::info!(%e, "not naming a new sender");
             }
@@ -362,10 +463,14 @@ pub(crate) async fn learn_name(inner: &Inner, sender: UserKey, name: &str) {
 /// different from the pinned one is an error, never silently accepted.
 pub(crate) async fn resolve_and_pin(inner: &Inner, name: &str) -> Result<UserKey, ChatError> {
     let username = Username::new(name)?;
-    let key = resolve_network(inner, &username)
+    let resolved = resolve_network(inner, &username)
         .await?
         .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?;
-    pin(inner, &username, key).await
+    let key = pin(inner, &username, resolved.key).await?;
+    if let Some(p) = resolved.presence {
+        remember_presence(inner, key, p).await;
+    }
+    Ok(key)
 }
 
 /// Pins `key` as the contact named `username`, unless that name is pinned to
@@ -410,15 +515,20 @@ async fn pin(inner: &Inner, username: &Username, key: UserKey) -> Result<UserKey
 pub(crate) async fn whois(inner: &Inner, name: &str) -> Result<WhoisView, ChatError> {
     let username = Username::new(name)?;
     let started = std::time::Instant::now();
-    let key = if username == inner.name {
-        inner.me
+    let (key, beside) = if username == inner.name {
+        (inner.me, None)
     } else {
-        resolve_network(inner, &username)
+        let r = resolve_network(inner, &username)
             .await?
-            .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?
+            .ok_or_else(|| ChatError::NoSuchUser(username.as_str().to_string()))?;
+        (r.key, r.presence)
     };
     let resolved = started.elapsed();
-    let presence = presence_of(inner, &key).await;
+    // The presence came with the claim, or (no storer had one) is looked up.
+    let presence = match beside {
+        Some(p) => Some(p),
+        None => presence_of(inner, &key).await,
+    };
     tracing::debug!(
         "whois {}: name resolved in {resolved:?}, presence in {:?}",
         username.as_str(),

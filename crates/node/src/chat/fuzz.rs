@@ -1,7 +1,9 @@
 //! Entry points for the fuzz targets (`fuzz/`): the chat node's wire decoders, run
 //! on arbitrary bytes exactly as the node runs them on what peers send. Not an API.
 
-use peerchat_chat::{DeliveryAck, Envelope, FetchAuth, NameClaim, Username};
+use peerchat_chat::{
+    DeliveryAck, Envelope, FetchAuth, NameClaim, Username, from_beside_claim, newest_presence,
+};
 use peerchat_kad::Message;
 use peerchat_kad::krpc::{Body, Query};
 
@@ -45,7 +47,7 @@ fn decode_query(
             None => refused("claim missing"),
             Some(Err(e)) => Decoded::Refused(e.to_string()),
             Some(Ok(c)) => match c.verify() {
-                Ok(()) => Decoded::Records(1),
+                Ok(()) => Decoded::Records(1 + beside(args, &c)),
                 Err(e) => Decoded::Refused(e.to_string()),
             },
         },
@@ -88,9 +90,10 @@ fn decode_query(
 fn decode_answer(other: &std::collections::BTreeMap<Vec<u8>, peerchat_kad::Value>) -> Decoded {
     let mut n = 0;
     if let Some(c) = wire::bytes(other, "claim")
-        && NameClaim::from_bytes(c).is_ok_and(|c| c.verify().is_ok())
+        && let Ok(c) = NameClaim::from_bytes(c)
+        && c.verify().is_ok()
     {
-        n += 1;
+        n += 1 + beside(other, &c);
     }
     for b in wire::byte_list(other, "envs") {
         if Envelope::from_bytes(b).is_ok_and(|e| e.verify().is_ok()) {
@@ -100,6 +103,16 @@ fn decode_answer(other: &std::collections::BTreeMap<Vec<u8>, peerchat_kad::Value
     let _ = wire::int(other, "more");
     let _ = wire::int(other, "removed");
     Decoded::Records(n)
+}
+
+/// The valid presence items carried beside claim `c` (0 or 1).
+fn beside(
+    fields: &std::collections::BTreeMap<Vec<u8>, peerchat_kad::Value>,
+    c: &NameClaim,
+) -> usize {
+    from_beside_claim(fields, &c.key)
+        .and_then(|item| newest_presence(&c.key, [&item]))
+        .map_or(0, |_| 1)
 }
 
 /// Decodes the plaintext of one session frame as the chat node does: the frame,

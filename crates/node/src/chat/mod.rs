@@ -173,6 +173,9 @@ pub(crate) struct Inner {
     /// The name claims this node stores, as held in the database (`None`: no
     /// claim), cached: resolving a name must not wait for the database.
     pub(crate) claims: std::sync::Mutex<HashMap<String, Option<Vec<u8>>>>,
+    /// The newest verified presence item handed with each name claim stored
+    /// here (by name; in memory only: the owner hands a new one at each announce).
+    pub(crate) claim_presence: std::sync::Mutex<HashMap<String, directory::KeptPresence>>,
     /// Key exchanges with recipients, kept for bursts of messages.
     pub(crate) sealers: std::sync::Mutex<HashMap<UserKey, peerchat_chat::Sealer>>,
     /// Key exchanges with senders' ephemeral keys, kept likewise.
@@ -326,6 +329,7 @@ impl ChatNode {
             names: Mutex::new(HashMap::new()),
             pinned: std::sync::Mutex::new(HashMap::new()),
             claims: std::sync::Mutex::new(HashMap::new()),
+            claim_presence: std::sync::Mutex::new(HashMap::new()),
             sealers: std::sync::Mutex::new(HashMap::new()),
             opened: peerchat_chat::OpenCache::default(),
             refused: std::sync::atomic::AtomicU64::new(0),
@@ -488,8 +492,7 @@ impl ChatClient {
     /// Claims our name and publishes our presence now, as login does; true
     /// when the network holds our claim.
     pub async fn announce(&self) -> Result<bool, ChatError> {
-        directory::claim_name(&self.inner).await;
-        directory::publish_presence(&self.inner).await?;
+        directory::announce(&self.inner).await?;
         Ok(self.inner.claimed.load(Ordering::Relaxed))
     }
 

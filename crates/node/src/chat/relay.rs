@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use peerchat_chat::{
     Accept, DeliveryAck, Envelope, FetchAuth, NameClaim, Stored, UserKey, Username, accept_claim,
-    mailbox_target,
+    beside_claim, from_beside_claim, mailbox_target,
 };
 use peerchat_kad::krpc::code;
 use peerchat_kad::{NodeId, Value};
 use tokio::sync::mpsc;
 
-use super::{Inner, delivery, directory, now_ms, wire};
+use super::{Inner, delivery, directory, lock, now_ms, wire};
 use crate::IncomingQuery;
 use crate::db::{NameClaim as ClaimRow, RelayEntry};
 
@@ -52,7 +52,8 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                 .await
                 .map_err(server)?;
             let existing = held.and_then(|h| NameClaim::from_bytes(&h).ok());
-            let kept = match accept_claim(existing.as_ref(), &claim) {
+            let presence = from_beside_claim(&q.args, &claim.key);
+            let (kept, accepted) = match accept_claim(existing.as_ref(), &claim) {
                 Ok(Accept::New) | Ok(Accept::Update) => {
                     directory::store_claim(
                         inner,
@@ -64,12 +65,17 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                     )
                     .await
                     .map_err(server)?;
-                    claim
+                    (claim, true)
                 }
-                Ok(Accept::Unchanged) => claim,
+                Ok(Accept::Unchanged) => (claim, true),
                 // Refused (another key holds it, or a forgery): answer with what we hold.
-                Err(e) => existing.ok_or_else(|| protocol(e.to_string()))?,
+                Err(e) => (existing.ok_or_else(|| protocol(e.to_string()))?, false),
             };
+            // The presence handed with an accepted claim is kept if it is valid
+            // and newer (it is signed by the claim's key: a replay cannot roll it back).
+            if accepted && let Some(item) = presence {
+                directory::keep_claim_presence(inner, kept.name.as_str(), item);
+            }
             Ok(wire::args("claim", Value::Bytes(kept.to_bytes())))
         }
         wire::RESOLVE => {
@@ -81,10 +87,20 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
             let held = directory::stored_claim(inner, name.as_str())
                 .await
                 .map_err(server)?;
-            Ok(match held {
-                Some(h) => wire::args("claim", Value::Bytes(h)),
-                None => BTreeMap::new(),
-            })
+            let Some(held) = held else {
+                return Ok(BTreeMap::new());
+            };
+            // With the claim, the newest presence its key handed us.
+            let presence = NameClaim::from_bytes(&held).ok().and_then(|c| {
+                lock(&inner.claim_presence)
+                    .get(name.as_str())
+                    .filter(|kept| kept.key == c.key.0)
+                    .and_then(directory::KeptPresence::item)
+                    .map(|item| beside_claim(&item))
+            });
+            let mut answer = wire::args("claim", Value::Bytes(held));
+            answer.extend(presence.into_iter().flatten());
+            Ok(answer)
         }
         wire::STORE => {
             let bytes = wire::bytes(&q.args, "env").ok_or_else(|| protocol("env missing"))?;

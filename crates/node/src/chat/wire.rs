@@ -1,11 +1,13 @@
 //! Peerchat's KRPC extension methods (`pc_*`), answered by Peerchat nodes only
 //! (Mainline nodes answer 204). Arguments are bencoded like any KRPC query;
-//! signed records travel as opaque byte strings encoded by `peerchat-chat`.
+//! signed records travel as opaque byte strings encoded by `peerchat-chat`. A
+//! presence item beside a claim travels as its BEP 44 `seq`, `sig` and `v`
+//! (its key is the claim's, its salt the presence salt: `peerchat_chat::beside_claim`).
 //!
 //! | method | arguments | answer |
 //! | --- | --- | --- |
-//! | `pc_claim` | `claim`: a signed name claim | `claim`: the claim the node holds for that name (the first valid one) |
-//! | `pc_resolve` | `name` | `claim` if the node holds one |
+//! | `pc_claim` | `claim`: a signed name claim; `pseq`, `psig`, `pv`: the claimer's presence item (optional) | `claim`: the claim the node holds for that name (the first valid one) |
+//! | `pc_resolve` | `name` | `claim` if the node holds one; `pseq`, `psig`, `pv`: the newest presence its key handed with it, if any |
 //! | `pc_store` | `env`: a sealed envelope | nothing, or error 201 with the reason (quota, too old, ...) |
 //! | `pc_fetch` | `auth`: the mailbox owner's signed fetch authorization | `envs`: a list of envelopes (as many as fit a datagram), `more`: 1 if others wait |
 //! | `pc_ack` | `ack`: the recipient's signed delivery ack | `removed`: how many copies were dropped |

@@ -483,56 +483,30 @@ async fn presence_beside_a_claim_is_kept_only_when_signed_by_the_claims_key_and_
         newest_presence(&victim.public(), [&item]).map(|p| p.chat[0].port())
     };
 
-    peer.ask(
-        to,
-        "pc_claim",
-        claim_args(&claim, &presence(&victim, 1000, 10)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resolved_port(&mut peer).await, Some(1000));
-
-    // Mallory replays the victim's claim beside an item of her own, with a
-    // higher seq: it does not verify under the claim's key, and is not kept.
-    peer.ask(
-        to,
-        "pc_claim",
-        claim_args(&claim, &presence(&mallory, 6666, 99)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resolved_port(&mut peer).await, Some(1000));
-    // An older item of the victim's, replayed, does not roll it back.
-    peer.ask(
-        to,
-        "pc_claim",
-        claim_args(&claim, &presence(&victim, 999, 5)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resolved_port(&mut peer).await, Some(1000));
-    // Mallory's own claim to the name is refused, and her valid item with it.
     let hers = NameClaim::new(&mallory, &name, 1, now_ms());
-    let answer = peer
-        .ask(
-            to,
-            "pc_claim",
-            claim_args(&hers, &presence(&mallory, 6666, 50)),
-        )
-        .await
-        .unwrap();
-    let held = NameClaim::from_bytes(wire_bytes(&answer, "claim")).unwrap();
-    assert_eq!(held.key, victim.public(), "the first claim holds");
-    assert_eq!(resolved_port(&mut peer).await, Some(1000));
-    // The victim's newer item replaces it.
-    peer.ask(
-        to,
-        "pc_claim",
-        claim_args(&claim, &presence(&victim, 2000, 20)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resolved_port(&mut peer).await, Some(2000));
+    // (the claim handed, the presence item beside it, the port then resolved)
+    let steps = [
+        // The victim's claim and presence.
+        (&claim, presence(&victim, 1000, 10), 1000),
+        // Mallory replays the victim's claim beside an item of her own with a
+        // higher seq: it does not verify under the claim's key, and is not kept.
+        (&claim, presence(&mallory, 6666, 99), 1000),
+        // An older item of the victim's, replayed, does not roll it back.
+        (&claim, presence(&victim, 999, 5), 1000),
+        // Mallory's own claim to the name is refused, and her valid item with it.
+        (&hers, presence(&mallory, 6666, 50), 1000),
+        // The victim's newer item replaces the kept one.
+        (&claim, presence(&victim, 2000, 20), 2000),
+    ];
+    for (i, (handed, item, port)) in steps.into_iter().enumerate() {
+        let answer = peer
+            .ask(to, "pc_claim", claim_args(handed, &item))
+            .await
+            .unwrap();
+        let held = NameClaim::from_bytes(wire_bytes(&answer, "claim")).unwrap();
+        assert_eq!(held.key, victim.public(), "step {i}: the first claim holds");
+        assert_eq!(resolved_port(&mut peer).await, Some(port), "step {i}");
+    }
     storer.shutdown().await;
 }
 

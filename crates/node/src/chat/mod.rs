@@ -136,6 +136,41 @@ pub enum ChatError {
     },
 }
 
+/// Starts the DHT node on UDP and binds the sessions' TCP listener on the same
+/// port. Asked for port 0, the kernel may pick a UDP port whose number a TCP
+/// socket already holds (another connection's ephemeral port), or the other
+/// way round: the pair is then tried again on another port, TCP first.
+async fn bind_udp_and_tcp(
+    mut cfg: NodeConfig,
+) -> Result<(NodeHandle, JoinHandle<()>, TcpListener), ChatError> {
+    let tcp_error = |addr, source| ChatError::Tcp { addr, source };
+    if cfg.listen.port() != 0 {
+        let (dht, task) = crate::spawn(cfg).await?;
+        let addr = dht.local_addr();
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| tcp_error(addr, e))?;
+        return Ok((dht, task, tcp));
+    }
+    let any = cfg.listen;
+    let mut attempts = 0;
+    loop {
+        let tcp = TcpListener::bind(any)
+            .await
+            .map_err(|e| tcp_error(any, e))?;
+        cfg.listen = tcp.local_addr().map_err(|e| tcp_error(any, e))?;
+        match crate::spawn(cfg.clone()).await {
+            Ok((dht, task)) => return Ok((dht, task, tcp)),
+            Err(NodeError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 16 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Unix time in milliseconds (the node's clock; the chat core takes it as input).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -288,15 +323,8 @@ impl ChatNode {
             extension_methods: wire::methods(),
             ..Config::default()
         };
-        let (dht, dht_task) = crate::spawn(node_cfg).await?;
+        let (dht, dht_task, tcp) = bind_udp_and_tcp(node_cfg).await?;
         let listen = dht.local_addr();
-        let tcp_addr = listen;
-        let tcp = TcpListener::bind(tcp_addr)
-            .await
-            .map_err(|source| ChatError::Tcp {
-                addr: tcp_addr,
-                source,
-            })?;
 
         let mut relay = RelayQueue::new(config.relay.clone());
         for e in db.relay_all().await? {

@@ -32,6 +32,9 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 const REBOOTSTRAP_MAX: Duration = Duration::from_secs(15);
 /// Most peers a `get_peers` query collects.
 const MAX_PEERS_COLLECTED: usize = 256;
+/// Most targets a node annotates its `find_node` answers for (see
+/// [`Dht::annotate`]); past it, new targets are refused.
+const MAX_ANNOTATIONS: usize = 4096;
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,13 +88,28 @@ enum Timer {
 enum Kind {
     Bootstrap,
     FindNode,
+    /// `find_node`, keeping the fields each node added to its answer; with a
+    /// field name, it ends once most of the `k` closest agree on that field.
+    FindAnnotated {
+        quorum: Option<Vec<u8>>,
+    },
     Refresh,
     GetPeers,
-    Announce { port: Option<u16> },
+    Announce {
+        port: Option<u16>,
+    },
     GetImmutable,
-    GetMutable { salt: Vec<u8>, min_seq: Option<i64> },
-    PutImmutable { value: Value },
-    PutMutable { item: MutableItem, cas: Option<i64> },
+    GetMutable {
+        salt: Vec<u8>,
+        min_seq: Option<i64>,
+    },
+    PutImmutable {
+        value: Value,
+    },
+    PutMutable {
+        item: MutableItem,
+        cas: Option<i64>,
+    },
 }
 
 /// A running query.
@@ -105,6 +123,8 @@ struct Running {
     peers: Vec<SocketAddr>,
     immutable: Option<Value>,
     mutable: Option<MutableItem>,
+    /// `FindAnnotated`: the extra fields of the answers that had some.
+    annotations: Vec<(NodeId, BTreeMap<Vec<u8>, Value>)>,
     /// Storing phase: requests out, accepted, refusals.
     storing: Option<(usize, usize, Vec<KrpcError>)>,
     /// Bootstrap seeds not answered yet.
@@ -116,7 +136,9 @@ impl Running {
     fn lookup_query(&self) -> Query {
         let target = self.lookup.target();
         match &self.kind {
-            Kind::Bootstrap | Kind::FindNode | Kind::Refresh => Query::FindNode { target },
+            Kind::Bootstrap | Kind::FindNode | Kind::FindAnnotated { .. } | Kind::Refresh => {
+                Query::FindNode { target }
+            }
             Kind::GetPeers | Kind::Announce { .. } => Query::GetPeers { info_hash: target },
             Kind::GetImmutable | Kind::PutImmutable { .. } | Kind::PutMutable { .. } => {
                 Query::Get { target, seq: None }
@@ -127,6 +149,36 @@ impl Running {
             },
         }
     }
+}
+
+/// Whether more than half of the `k` closest candidates of `lookup` that did
+/// not fail answered with the same value of `field` (see
+/// [`Dht::find_node_annotated`]).
+fn quorum_reached(
+    lookup: &Lookup,
+    annotations: &[(NodeId, BTreeMap<Vec<u8>, Value>)],
+    field: &[u8],
+) -> bool {
+    let k = lookup.config().k;
+    let mut values: Vec<(&Value, usize)> = Vec::new();
+    let closest = lookup
+        .candidates()
+        .filter(|c| c.state() != crate::lookup::PeerState::Failed)
+        .take(k);
+    for c in closest {
+        let Some(v) = annotations
+            .iter()
+            .find(|(id, _)| *id == c.node.id)
+            .and_then(|(_, f)| f.get(field))
+        else {
+            continue;
+        };
+        match values.iter_mut().find(|(w, _)| *w == v) {
+            Some((_, n)) => *n += 1,
+            None => values.push((v, 1)),
+        }
+    }
+    values.iter().any(|(_, n)| n * 2 > k)
 }
 
 /// A sans-IO DHT node.
@@ -167,6 +219,10 @@ pub struct Dht<S: RecordStore = MemoryStore> {
     /// BEP 42 votes on our external address.
     ip_votes: HashMap<SocketAddr, u32>,
     external: Option<SocketAddr>,
+    /// Fields added to our answers to a `find_node` of these targets, as one
+    /// bencoded dict each: a decoded dict is a tree of allocations several
+    /// times its size, and a node keeps one per name whose claim it stores.
+    pub(crate) annotations: HashMap<NodeId, Box<[u8]>>,
 }
 
 impl Dht<MemoryStore> {
@@ -215,6 +271,7 @@ impl<S: RecordStore> Dht<S> {
             originated: BTreeMap::new(),
             ip_votes: HashMap::new(),
             external: None,
+            annotations: HashMap::new(),
         }
     }
 
@@ -324,6 +381,7 @@ impl<S: RecordStore> Dht<S> {
                 peers: Vec::new(),
                 immutable: None,
                 mutable: None,
+                annotations: Vec::new(),
                 storing: None,
                 seeds_out: 0,
             }),
@@ -381,6 +439,59 @@ impl<S: RecordStore> Dht<S> {
     /// Finds the `k` nodes closest to `target`.
     pub fn find_node(&mut self, target: NodeId, now: Instant) -> QueryId {
         self.new_query(Kind::FindNode, target, now)
+    }
+
+    /// Finds the `k` nodes closest to `target`, each with the fields it added
+    /// to its `find_node` answer (see [`Dht::annotate`]): a record kept by the
+    /// closest nodes comes back with the lookup that finds them, with no round
+    /// of requests after it.
+    ///
+    /// With `quorum`, the lookup ends as soon as more than half of the `k`
+    /// closest nodes it knows (that did not fail) answered with the same value
+    /// of that field: the answers still out could not outvote them. The value is
+    /// not checked here; the caller verifies what it gets, and asks again if
+    /// the majority's value does not hold up.
+    pub fn find_node_annotated(
+        &mut self,
+        target: NodeId,
+        quorum: Option<Vec<u8>>,
+        now: Instant,
+    ) -> QueryId {
+        self.new_query(Kind::FindAnnotated { quorum }, target, now)
+    }
+
+    /// Adds `fields` to our answers to a `find_node` of `target` (`None`:
+    /// stops). The layer above publishes there what it stores under `target`
+    /// (Peerchat: the name claim of the name whose target it is), so that
+    /// [`Dht::find_node_annotated`] finds it without asking again. Other
+    /// implementations ignore keys they do not know (BEP 5). Keys naming a
+    /// field of the answer itself (`id`, `nodes`, ...) are never sent.
+    /// Returns false when the table of annotated targets is full.
+    pub fn annotate(&mut self, target: NodeId, fields: Option<BTreeMap<Vec<u8>, Value>>) -> bool {
+        match fields {
+            None => {
+                self.annotations.remove(&target);
+                true
+            }
+            Some(f) => {
+                if self.annotations.len() >= MAX_ANNOTATIONS
+                    && !self.annotations.contains_key(&target)
+                {
+                    return false;
+                }
+                self.annotations
+                    .insert(target, Value::Dict(f).encode().into_boxed_slice());
+                true
+            }
+        }
+    }
+
+    /// The fields added to our answers to a `find_node` of `target`, if any.
+    pub fn annotation(&self, target: &NodeId) -> Option<BTreeMap<Vec<u8>, Value>> {
+        match Value::decode(self.annotations.get(target)?) {
+            Ok(Value::Dict(d)) => Some(d),
+            _ => None,
+        }
     }
 
     /// Finds peers of an info-hash (BEP 5 `get_peers`).
@@ -796,7 +907,7 @@ impl<S: RecordStore> Dht<S> {
         let Some(run) = self.queries.get_mut(&q) else {
             return;
         };
-        let r = match reply {
+        let mut r = match reply {
             Ok(r) if r.id == expect => r,
             _ => {
                 run.lookup.on_failure(&expect);
@@ -840,12 +951,24 @@ impl<S: RecordStore> Dht<S> {
                     }
                 }
             }
+            // One entry per node (a candidate answers once), bounded by the
+            // lookup's candidates; only the closest are handed out.
+            Kind::FindAnnotated { .. } if !r.other.is_empty() => {
+                run.annotations.push((expect, std::mem::take(&mut r.other)));
+            }
             _ => {}
         }
         let mut closer = r.nodes;
         closer.extend(r.nodes6);
         closer.retain(|n| n.id != own);
         run.lookup.on_success(&expect, &closer, r.token);
+        if let Kind::FindAnnotated {
+            quorum: Some(field),
+        } = &run.kind
+            && quorum_reached(&run.lookup, &run.annotations, field)
+        {
+            run.lookup.finish();
+        }
         let _ = now;
     }
 
@@ -991,6 +1114,23 @@ impl<S: RecordStore> Dht<S> {
                     .map(|c| c.node)
                     .collect(),
             ),
+            Kind::FindAnnotated { .. } => {
+                let mut annotations = run.annotations;
+                Outcome::Annotated(
+                    run.lookup
+                        .closest_succeeded()
+                        .iter()
+                        .map(|c| {
+                            let fields = annotations
+                                .iter_mut()
+                                .find(|(id, _)| *id == c.node.id)
+                                .map(|(_, f)| std::mem::take(f))
+                                .unwrap_or_default();
+                            (c.node, fields)
+                        })
+                        .collect(),
+                )
+            }
             Kind::GetPeers => Outcome::Peers(run.peers),
             Kind::GetImmutable => Outcome::Immutable(run.immutable),
             Kind::GetMutable { .. } => Outcome::Mutable(run.mutable),

@@ -163,6 +163,11 @@ impl Lookup {
         self.target
     }
 
+    /// Its parameters.
+    pub fn config(&self) -> &LookupConfig {
+        &self.config
+    }
+
     /// Requests in flight (not counting stalled ones).
     pub fn in_flight(&self) -> usize {
         self.in_flight

@@ -17,6 +17,9 @@ pub struct QueryId(pub u64);
 pub enum Outcome {
     /// `find_node` (and bootstrap): the `k` closest nodes that answered, closest first.
     Nodes(Vec<NodeInfo>),
+    /// `find_node` keeping annotations: the `k` closest nodes that answered,
+    /// closest first, each with the fields it added to its answer (empty if none).
+    Annotated(Vec<(NodeInfo, std::collections::BTreeMap<Vec<u8>, Value>)>),
     /// `get_peers`: the peers found.
     Peers(Vec<SocketAddr>),
     /// BEP 44 immutable `get`: the value, or `None` when no node had it.

@@ -40,7 +40,13 @@ impl<S: RecordStore> Dht<S> {
         }
         let body = match query {
             Query::Ping => Ok(self.response()),
-            Query::FindNode { target } => Ok(self.with_nodes(self.response(), &target, from)),
+            Query::FindNode { target } => {
+                let mut r = self.with_nodes(self.response(), &target, from);
+                if let Some(fields) = self.annotation(&target) {
+                    r.other = fields;
+                }
+                Ok(r)
+            }
             Query::GetPeers { info_hash } => {
                 let mut r = self.with_nodes(self.response(), &info_hash, from);
                 r.token = Some(self.tokens.issue(from.ip()));

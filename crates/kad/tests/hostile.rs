@@ -403,3 +403,132 @@ fn garbage_and_oversized_datagrams_are_counted_and_ignored() {
     let m = ask(&mut dht, from, 1, Query::Ping);
     assert!(matches!(m.body, Body::Response(_)));
 }
+
+#[test]
+fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
+    let mut net = Net::new(60, 4);
+    let mut t = [0u8; 20];
+    net.rng.fill_bytes(&mut t);
+    let target = NodeId(t);
+    let mut by_distance: Vec<usize> = (0..net.honest.len()).collect();
+    by_distance.sort_by_key(|&i| net.honest[i].id().distance(&target));
+    let field =
+        |s: &str| std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))]);
+    // The five closest hold the record; a far node says something else; a liar
+    // sits right next to the target.
+    for &i in &by_distance[..5] {
+        assert!(net.honest[i].annotate(target, Some(field("held"))));
+    }
+    let far = by_distance[50];
+    assert!(net.honest[far].annotate(target, Some(field("far away"))));
+    net.add_hostile(near(target, 1), Hostility::Liar);
+    let from = by_distance[30];
+
+    let q = net.honest[from].find_node_annotated(target, None, net.now);
+    let Outcome::Annotated(found) = net.run(from, q) else {
+        panic!("find_node_annotated gave another outcome");
+    };
+    assert_eq!(found.len(), Config::default().k);
+    let held: Vec<NodeId> = found
+        .iter()
+        .filter(|(_, f)| *f == field("held"))
+        .map(|(n, _)| n.id)
+        .collect();
+    let closest: Vec<NodeId> = by_distance[..5]
+        .iter()
+        .map(|&i| net.honest[i].id())
+        .collect();
+    assert_eq!(held, closest, "the closest nodes' fields, closest first");
+    for (n, f) in &found {
+        assert!(f.is_empty() || *f == field("held"), "{n:?} gave {f:?}");
+    }
+
+    // On the wire: a plain find_node of the target carries the fields (other
+    // implementations ignore them), one of another target does not, and a key
+    // naming a field of the answer itself is never sent.
+    let holder = &mut net.honest[by_distance[0]];
+    let mut f = field("held");
+    f.insert(b"id".to_vec(), Value::Bytes(vec![0; 20]));
+    holder.annotate(target, Some(f));
+    let asker: SocketAddr = "10.2.2.2:6881".parse().unwrap();
+    let answer = |dht: &mut Dht, target| match ask(dht, asker, 9, Query::FindNode { target }).body {
+        Body::Response(r) => r,
+        other => panic!("find_node was not answered: {other:?}"),
+    };
+    let r = answer(holder, target);
+    assert_eq!(
+        r.id,
+        holder.id(),
+        "an annotation cannot change the answer's id"
+    );
+    assert_eq!(r.other, field("held"));
+    assert!(!r.nodes.is_empty());
+    assert!(answer(holder, near(target, 0x40)).other.is_empty());
+    // And stopping the annotation stops it.
+    holder.annotate(target, None);
+    assert!(answer(holder, target).other.is_empty());
+}
+
+#[test]
+fn the_table_of_annotated_targets_is_bounded() {
+    let (mut dht, _) = storer();
+    let f = std::collections::BTreeMap::from([(b"x".to_vec(), Value::Int(1))]);
+    let mut accepted = 0;
+    for i in 0..5000u32 {
+        let mut t = [0u8; 20];
+        t[..4].copy_from_slice(&i.to_be_bytes());
+        if dht.annotate(NodeId(t), Some(f.clone())) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 4096);
+    // A target already there can still be updated.
+    assert!(dht.annotate(NodeId([0; 20]), Some(f)));
+}
+
+#[test]
+fn an_annotated_lookup_with_a_quorum_ends_once_most_of_the_closest_agree() {
+    let mut net = Net::new(80, 5);
+    let k = Config::default().k;
+    let mut t = [0u8; 20];
+    net.rng.fill_bytes(&mut t);
+    let target = NodeId(t);
+    let mut by_distance: Vec<usize> = (0..net.honest.len()).collect();
+    by_distance.sort_by_key(|&i| net.honest[i].id().distance(&target));
+    let field =
+        |s: &str| std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))]);
+    // All k closest hold the record, but one says something else.
+    for &i in &by_distance[..k] {
+        net.honest[i].annotate(target, Some(field("held")));
+    }
+    net.honest[by_distance[1]].annotate(target, Some(field("forged")));
+    let from = by_distance[60];
+    let sent = |net: &Net| net.honest[from].stats().sent[1];
+
+    let before = sent(&net);
+    let q = net.honest[from].find_node_annotated(target, None, net.now);
+    let Outcome::Annotated(all) = net.run(from, q) else {
+        panic!("another outcome");
+    };
+    let without = sent(&net) - before;
+    let count = |found: &[(NodeInfo, std::collections::BTreeMap<Vec<u8>, Value>)], s: &str| {
+        found.iter().filter(|(_, f)| *f == field(s)).count()
+    };
+    assert_eq!(count(&all, "held"), k - 1);
+    assert_eq!(count(&all, "forged"), 1);
+
+    let before = sent(&net);
+    let q = net.honest[from].find_node_annotated(target, Some(b"claim".to_vec()), net.now);
+    let Outcome::Annotated(quorum) = net.run(from, q) else {
+        panic!("another outcome");
+    };
+    let with = sent(&net) - before;
+    assert!(
+        count(&quorum, "held") * 2 > k,
+        "ended before a majority agreed: {quorum:?}"
+    );
+    assert!(
+        with < without,
+        "{with} requests with a quorum, {without} without"
+    );
+}

@@ -157,6 +157,12 @@ async fn run(
                     (to, tid, Ok(fields)) => dht.respond(to, tid, fields),
                     (to, tid, Err((code, msg))) => dht.respond_error(to, tid, code, &msg),
                 },
+                Some(Command::Annotate(a)) => {
+                    let (target, fields) = *a;
+                    if !dht.annotate(target, fields) {
+                        tracing::debug!(%target, "too many annotated targets: not annotating");
+                    }
+                }
                 Some(Command::AddContacts(nodes)) => {
                     let now = Instant::now();
                     for n in nodes {
@@ -200,6 +206,7 @@ impl Lookups {
         };
         let found = match outcome {
             Outcome::Nodes(n) => n.len(),
+            Outcome::Annotated(n) => n.len(),
             Outcome::Peers(p) => p.len(),
             Outcome::Immutable(v) => usize::from(v.is_some()),
             Outcome::Mutable(v) => usize::from(v.is_some()),
@@ -237,7 +244,7 @@ fn lookup_label(kind: &QueryKind, own: NodeId) -> Option<(&'static str, NodeId)>
     use peerchat_kad::bep44::{immutable_target, mutable_target};
     Some(match kind {
         QueryKind::Bootstrap(_) => ("bootstrap", own),
-        QueryKind::FindNode(t) => ("find_node", *t),
+        QueryKind::FindNode(t) | QueryKind::FindAnnotated(t, _) => ("find_node", *t),
         QueryKind::GetPeers(t) => ("get_peers", *t),
         QueryKind::Announce(t, _) => ("announce_peer", *t),
         QueryKind::GetImmutable(t) => ("get", *t),
@@ -266,6 +273,7 @@ fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
     match kind {
         QueryKind::Bootstrap(addrs) => dht.bootstrap(&addrs, now),
         QueryKind::FindNode(t) => dht.find_node(t, now),
+        QueryKind::FindAnnotated(t, quorum) => dht.find_node_annotated(t, quorum, now),
         QueryKind::GetPeers(t) => dht.get_peers(t, now),
         QueryKind::Announce(t, port) => dht.announce_peer(t, port, now),
         QueryKind::GetImmutable(t) => dht.get_immutable(t, now),

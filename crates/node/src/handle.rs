@@ -13,6 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 
+/// Fields added to `find_node` answers for a target (see [`NodeHandle::annotate`]).
+type Annotation = (NodeId, Option<BTreeMap<Vec<u8>, Value>>);
+
 /// An answer to an extension query: fields, or a KRPC error code and message.
 pub(crate) type Answer = Result<BTreeMap<Vec<u8>, Value>, (i64, String)>;
 
@@ -27,6 +30,9 @@ pub(crate) enum Command {
     Respond(Box<(SocketAddr, Vec<u8>, Answer)>),
     /// Add contacts from a saved routing table.
     AddContacts(Vec<NodeInfo>),
+    /// Set (or with `None`, stop) the fields added to our `find_node`
+    /// answers for a target (boxed: the channel's slots stay small).
+    Annotate(Box<Annotation>),
     /// Stop the task.
     Shutdown,
 }
@@ -35,6 +41,7 @@ pub(crate) enum Command {
 pub(crate) enum QueryKind {
     Bootstrap(Vec<SocketAddr>),
     FindNode(NodeId),
+    FindAnnotated(NodeId, Option<Vec<u8>>),
     GetPeers(NodeId),
     Announce(NodeId, Option<u16>),
     GetImmutable(NodeId),
@@ -174,6 +181,36 @@ impl NodeHandle {
             (Outcome::Nodes(n), s) => Ok((n, s)),
             _ => Err(NodeError::Stopped),
         }
+    }
+
+    /// The `k` closest nodes to `target`, each with the fields it added to its
+    /// answer (see [`NodeHandle::annotate`]; empty when none); with `quorum`,
+    /// ending once most of the closest agree on that field (see
+    /// [`peerchat_kad::Dht::find_node_annotated`]).
+    pub async fn find_node_annotated(
+        &self,
+        target: NodeId,
+        quorum: Option<&str>,
+    ) -> Result<(Vec<(NodeInfo, BTreeMap<Vec<u8>, Value>)>, QueryStats), NodeError> {
+        let quorum = quorum.map(|f| f.as_bytes().to_vec());
+        match self.query(QueryKind::FindAnnotated(target, quorum)).await? {
+            (Outcome::Annotated(n), s) => Ok((n, s)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Adds `fields` to this node's answers to a `find_node` of `target`
+    /// (`None`: stops); see [`peerchat_kad::Dht::annotate`]. Past the core's
+    /// bound on annotated targets, a new target is not annotated.
+    pub async fn annotate(
+        &self,
+        target: NodeId,
+        fields: Option<BTreeMap<Vec<u8>, Value>>,
+    ) -> Result<(), NodeError> {
+        self.tx
+            .send(Box::new(Command::Annotate(Box::new((target, fields)))))
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Peers of an info-hash.

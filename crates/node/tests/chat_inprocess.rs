@@ -75,8 +75,16 @@ async fn direct_and_offline_delivery() {
     })
     .await;
 
-    // whois resolves to the right key.
+    // whois resolves to the right key, in one lookup: the storers of bob's
+    // claim answer the lookup's find_node with it, so no pc_resolve follows.
+    let extension_sent = || async { a.dht_snapshot().await.unwrap().stats.sent[6] };
+    let before = extension_sent().await;
     let w = a.whois("bob").await.unwrap();
+    assert_eq!(
+        extension_sent().await,
+        before,
+        "whois asked with pc_resolve after its lookup"
+    );
     assert_eq!(w.key, b.status().await.unwrap().key);
     assert!(a.whois("nobody").await.is_err());
     // Bob's presence came with his claim, from the name's storers: one lookup,

@@ -93,6 +93,7 @@ async fn claim_name(inner: &Inner, presence: Option<&MutableItem>) {
     if let Some(item) = presence {
         keep_claim_presence(inner, inner.name.as_str(), item.clone());
     }
+    annotate_held(inner, &inner.name).await;
     let Ok((nodes, _)) = inner.dht.find_node(inner.name.target()).await else {
         return;
     };
@@ -225,6 +226,65 @@ pub(crate) fn keep_claim_presence(inner: &Inner, name: &str, item: MutableItem) 
     }
 }
 
+/// What a storer of `name`'s claim answers about it (to `pc_resolve`, and
+/// beside its `find_node` answers for the name's target): the claim `held`,
+/// with the newest presence its key handed us.
+pub(crate) fn claim_fields(
+    inner: &Inner,
+    name: &str,
+    held: Vec<u8>,
+) -> std::collections::BTreeMap<Vec<u8>, Value> {
+    let presence = NameClaim::from_bytes(&held).ok().and_then(|c| {
+        lock(&inner.claim_presence)
+            .get(name)
+            .filter(|kept| kept.key == c.key.0)
+            .and_then(KeptPresence::item)
+            .map(|item| beside_claim(&item))
+    });
+    let mut fields = wire::args("claim", Value::Bytes(held));
+    fields.extend(presence.into_iter().flatten());
+    fields
+}
+
+/// Answers a `find_node` of `name`'s target with the claim held here (and its
+/// presence), so that a resolver's lookup brings them back: see
+/// [`resolve_network`].
+pub(crate) async fn annotate_held(inner: &Inner, name: &Username) {
+    let Ok(Some(held)) = stored_claim(inner, name.as_str()).await else {
+        return;
+    };
+    let fields = claim_fields(inner, name.as_str(), held);
+    if let Err(e) = inner.dht.annotate(name.target(), Some(fields)).await {
+        tracing::debug!("annotating {name}: {e}");
+    }
+}
+
+/// At start, annotates the names whose claims this node stored before (their
+/// presence was kept in memory only: it comes back with the next announce).
+pub(crate) async fn annotate_stored(inner: &Inner) {
+    let rows = match inner.db.name_claims_all().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("reading the stored name claims: {e}");
+            return;
+        }
+    };
+    for row in rows {
+        let Ok(name) = Username::new(&row.name) else {
+            continue;
+        };
+        let fields = claim_fields(inner, name.as_str(), row.claim);
+        if inner
+            .dht
+            .annotate(name.target(), Some(fields))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// The presence record of `key`, verified, if the DHT has one.
 pub(crate) async fn presence_of(inner: &Inner, key: &UserKey) -> Option<Presence> {
     let (item, _) = inner
@@ -273,73 +333,118 @@ pub(crate) struct Resolved {
     pub(crate) presence: Option<Presence>,
 }
 
-/// Asks the nodes closest to `name` who holds it (and where they are).
-async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolved>, ChatError> {
-    let started = std::time::Instant::now();
-    let (nodes, _) = inner.dht.find_node(name.target()).await?;
-    tracing::debug!(
-        "resolving {}: {} closest nodes found in {:?}",
-        name.as_str(),
-        nodes.len(),
-        started.elapsed()
-    );
-    let asked = nodes.len();
-    let mut set = JoinSet::new();
-    for n in nodes {
-        let dht = inner.dht.clone();
-        let args = wire::args("name", Value::Bytes(name.as_str().as_bytes().to_vec()));
-        set.spawn(async move { dht.request(n.addr, wire::RESOLVE, args).await });
+/// Votes on who holds a name: each valid claim counts once per node that
+/// holds it; each distinct claim is verified once (storers mostly hold the same).
+struct Tally<'a> {
+    name: &'a Username,
+    /// Everyone asked (or answering), ourselves included if we hold a claim.
+    voters: usize,
+    claims: Vec<NameClaim>,
+    distinct: Vec<(NameClaim, bool)>,
+    votes: std::collections::HashMap<UserKey, usize>,
+    presences: Vec<MutableItem>,
+}
+
+impl Tally<'_> {
+    /// Counts a node's answer; false if it held no claim of this name.
+    fn count(&mut self, fields: &std::collections::BTreeMap<Vec<u8>, Value>) -> bool {
+        let Some(Ok(c)) = wire::bytes(fields, "claim").map(NameClaim::from_bytes) else {
+            return false;
+        };
+        if c.name != *self.name {
+            return false;
+        }
+        self.presences.extend(from_beside_claim(fields, &c.key));
+        self.add(c);
+        true
     }
-    // We may be one of the k closest nodes ourselves (find_node never returns
-    // us): the claim we hold counts too.
-    let mut claims: Vec<NameClaim> = held_claim(inner, name).await.into_iter().collect();
-    let mut presences: Vec<MutableItem> = lock(&inner.claim_presence)
-        .get(name.as_str())
-        .and_then(KeptPresence::item)
-        .into_iter()
-        .collect();
-    let voters = asked + claims.len();
-    // Each distinct claim is verified once (storers mostly return the same one),
-    // and valid claims are counted by key.
-    let mut distinct: Vec<(NameClaim, bool)> = Vec::new();
-    let mut votes: std::collections::HashMap<UserKey, usize> = std::collections::HashMap::new();
-    let mut count = |c: &NameClaim, distinct: &mut Vec<(NameClaim, bool)>| {
-        let valid = match distinct.iter().find(|(d, _)| d == c) {
+
+    fn add(&mut self, c: NameClaim) {
+        let valid = match self.distinct.iter().find(|(d, _)| *d == c) {
             Some((_, v)) => *v,
             None => {
                 let v = c.verify().is_ok();
-                distinct.push((c.clone(), v));
+                self.distinct.push((c.clone(), v));
                 v
             }
         };
         if valid {
-            *votes.entry(c.key).or_default() += 1;
+            *self.votes.entry(c.key).or_default() += 1;
         }
-        votes.get(&c.key).copied().unwrap_or(0)
-    };
-    for c in &claims {
-        count(c, &mut distinct);
+        self.claims.push(c);
     }
-    while let Some(r) = set.join_next().await {
-        if let Ok(Ok(Some(Ok(resp)))) = r
-            && let Some(Ok(c)) = wire::bytes(&resp.other, "claim").map(NameClaim::from_bytes)
-            && c.name == *name
-        {
-            let held = count(&c, &mut distinct);
-            presences.extend(from_beside_claim(&resp.other, &c.key));
-            claims.push(c);
-            // The key held by the most storers wins: once one key holds a
-            // strict majority of everyone asked, the answers still out cannot
-            // change the outcome, and the slowest storers need not be waited for.
-            if held * 2 > voters {
+
+    /// Whether one key holds a strict majority of all voters: the answers
+    /// still out cannot change the outcome.
+    fn decided(&self) -> bool {
+        self.votes.values().any(|&v| v * 2 > self.voters)
+    }
+}
+
+/// Asks the nodes closest to `name` who holds it (and where they are).
+///
+/// One lookup: the nodes that store the name's claim answer the lookup's
+/// `find_node` with it (see [`annotate_held`]), so the claims of the `k`
+/// closest come back with them. Only those that said nothing (older or
+/// restarted nodes, Mainline nodes) are then asked with `pc_resolve`, and only
+/// when the claims already in do not decide.
+async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolved>, ChatError> {
+    let started = std::time::Instant::now();
+    // We may be one of the k closest nodes ourselves (find_node never returns
+    // us): the claim we hold counts too (read while the lookup runs).
+    let (found, own) = tokio::join!(
+        inner.dht.find_node_annotated(name.target(), Some("claim")),
+        held_claim(inner, name)
+    );
+    let (nodes, _) = found?;
+    let looked_up = started.elapsed();
+    let mut tally = Tally {
+        name,
+        voters: nodes.len() + usize::from(own.is_some()),
+        claims: Vec::new(),
+        distinct: Vec::new(),
+        votes: std::collections::HashMap::new(),
+        presences: lock(&inner.claim_presence)
+            .get(name.as_str())
+            .and_then(KeptPresence::item)
+            .into_iter()
+            .collect(),
+    };
+    if let Some(c) = own {
+        tally.add(c);
+    }
+    let silent: Vec<_> = nodes
+        .into_iter()
+        .filter(|(_, fields)| !tally.count(fields))
+        .map(|(n, _)| n)
+        .collect();
+    let asked = silent.len();
+    if !tally.decided() && !silent.is_empty() {
+        let mut set = JoinSet::new();
+        for n in silent {
+            let dht = inner.dht.clone();
+            let args = wire::args("name", Value::Bytes(name.as_str().as_bytes().to_vec()));
+            set.spawn(async move { dht.request(n.addr, wire::RESOLVE, args).await });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(Ok(Some(Ok(resp)))) = r
+                && tally.count(&resp.other)
+                && tally.decided()
+            {
+                // The slowest storers need not be waited for.
                 break;
             }
         }
     }
-    let Some(key) = resolve_claims(name, &claims).map(|c| c.key) else {
+    tracing::debug!(
+        "resolving {}: lookup {looked_up:?}, {asked} asked after it, {:?} in all",
+        name.as_str(),
+        started.elapsed()
+    );
+    let Some(key) = resolve_claims(name, &tally.claims).map(|c| c.key) else {
         return Ok(None);
     };
-    let presence = newest_presence(&key, presences.iter().filter(|i| i.key == key.0));
+    let presence = newest_presence(&key, tally.presences.iter().filter(|i| i.key == key.0));
     Ok(Some(Resolved { key, presence }))
 }
 

@@ -398,6 +398,7 @@ impl ChatNode {
             }
         }
 
+        directory::annotate_stored(&inner).await;
         let tasks = vec![
             tokio::spawn(relay::serve(inner.clone(), ext_rx)),
             tokio::spawn(delivery::accept_loop(inner.clone(), tcp)),

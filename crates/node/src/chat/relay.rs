@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use peerchat_chat::{
     Accept, DeliveryAck, Envelope, FetchAuth, NameClaim, Stored, UserKey, Username, accept_claim,
-    beside_claim, from_beside_claim, mailbox_target,
+    from_beside_claim, mailbox_target,
 };
 use peerchat_kad::krpc::code;
 use peerchat_kad::{NodeId, Value};
 use tokio::sync::mpsc;
 
-use super::{Inner, delivery, directory, lock, now_ms, wire};
+use super::{Inner, delivery, directory, now_ms, wire};
 use crate::IncomingQuery;
 use crate::db::{NameClaim as ClaimRow, RelayEntry};
 
@@ -76,6 +76,9 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
             if accepted && let Some(item) = presence {
                 directory::keep_claim_presence(inner, kept.name.as_str(), item);
             }
+            if accepted {
+                directory::annotate_held(inner, &kept.name).await;
+            }
             Ok(wire::args("claim", Value::Bytes(kept.to_bytes())))
         }
         wire::RESOLVE => {
@@ -91,16 +94,7 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                 return Ok(BTreeMap::new());
             };
             // With the claim, the newest presence its key handed us.
-            let presence = NameClaim::from_bytes(&held).ok().and_then(|c| {
-                lock(&inner.claim_presence)
-                    .get(name.as_str())
-                    .filter(|kept| kept.key == c.key.0)
-                    .and_then(directory::KeptPresence::item)
-                    .map(|item| beside_claim(&item))
-            });
-            let mut answer = wire::args("claim", Value::Bytes(held));
-            answer.extend(presence.into_iter().flatten());
-            Ok(answer)
+            Ok(directory::claim_fields(inner, name.as_str(), held))
         }
         wire::STORE => {
             let bytes = wire::bytes(&q.args, "env").ok_or_else(|| protocol("env missing"))?;

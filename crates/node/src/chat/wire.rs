@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `pc_claim` | `claim`: a signed name claim; `pseq`, `psig`, `pv`: the claimer's presence item (optional) | `claim`: the claim the node holds for that name (the first valid one) |
 //! | `pc_resolve` | `name` | `claim` if the node holds one; `pseq`, `psig`, `pv`: the newest presence its key handed with it, if any |
+//! | `find_node` (BEP 5) of a name's target | `target` | beside `nodes`, the same fields as `pc_resolve`'s answer, from a node that holds the name's claim (see `directory::resolve_network`) |
 //! | `pc_store` | `env`: a sealed envelope | nothing, or error 201 with the reason (quota, too old, ...) |
 //! | `pc_fetch` | `auth`: the mailbox owner's signed fetch authorization | `envs`: a list of envelopes (as many as fit a datagram), `more`: 1 if others wait |
 //! | `pc_ack` | `ack`: the recipient's signed delivery ack | `removed`: how many copies were dropped |

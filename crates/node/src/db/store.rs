@@ -332,10 +332,11 @@ impl Db {
         .await
     }
 
-    /// Every stored name claim.
+    /// Every stored name claim (read once, at start: the statement is not
+    /// kept in the connection's cache).
     pub async fn name_claims_all(&self) -> Result<Vec<NameClaim>, DbError> {
         self.read(move |conn| {
-            let mut st = conn.prepare_cached("SELECT name, claim, stored_ms FROM name_claims")?;
+            let mut st = conn.prepare("SELECT name, claim, stored_ms FROM name_claims")?;
             let rows = st.query_map([], |r| {
                 Ok(NameClaim {
                     name: r.get(0)?,

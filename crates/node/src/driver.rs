@@ -158,10 +158,14 @@ async fn run(
                     (to, tid, Err((code, msg))) => dht.respond_error(to, tid, code, &msg),
                 },
                 Some(Command::Annotate(a)) => {
-                    let (target, fields) = *a;
+                    let (target, update) = *a;
+                    let fields = update(dht.annotation(&target));
                     if !dht.annotate(target, fields) {
                         tracing::debug!(%target, "too many annotated targets: not annotating");
                     }
+                }
+                Some(Command::Annotation(target, reply)) => {
+                    let _ = reply.send(dht.annotation(&target));
                 }
                 Some(Command::AddContacts(nodes)) => {
                     let now = Instant::now();

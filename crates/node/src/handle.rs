@@ -14,7 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::NodeError;
 
 /// Fields added to `find_node` answers for a target (see [`NodeHandle::annotate`]).
-type Annotation = (NodeId, Option<BTreeMap<Vec<u8>, Value>>);
+pub type Fields = BTreeMap<Vec<u8>, Value>;
+
+/// A change to a target's annotation: given the fields there now, the fields
+/// to keep (`None`: none). Run in the node's task, so two changes never race.
+pub type AnnotationUpdate = Box<dyn FnOnce(Option<Fields>) -> Option<Fields> + Send>;
 
 /// An answer to an extension query: fields, or a KRPC error code and message.
 pub(crate) type Answer = Result<BTreeMap<Vec<u8>, Value>, (i64, String)>;
@@ -32,7 +36,9 @@ pub(crate) enum Command {
     AddContacts(Vec<NodeInfo>),
     /// Set (or with `None`, stop) the fields added to our `find_node`
     /// answers for a target (boxed: the channel's slots stay small).
-    Annotate(Box<Annotation>),
+    Annotate(Box<(NodeId, AnnotationUpdate)>),
+    /// Report a target's annotation.
+    Annotation(NodeId, oneshot::Sender<Option<Fields>>),
     /// Stop the task.
     Shutdown,
 }
@@ -202,15 +208,32 @@ impl NodeHandle {
     /// Adds `fields` to this node's answers to a `find_node` of `target`
     /// (`None`: stops); see [`peerchat_kad::Dht::annotate`]. Past the core's
     /// bound on annotated targets, a new target is not annotated.
-    pub async fn annotate(
+    pub async fn annotate(&self, target: NodeId, fields: Option<Fields>) -> Result<(), NodeError> {
+        self.update_annotation(target, Box::new(move |_| fields))
+            .await
+    }
+
+    /// Changes the annotation of `target` with `update`, given what it is now
+    /// (see [`NodeHandle::annotate`]).
+    pub async fn update_annotation(
         &self,
         target: NodeId,
-        fields: Option<BTreeMap<Vec<u8>, Value>>,
+        update: AnnotationUpdate,
     ) -> Result<(), NodeError> {
         self.tx
-            .send(Box::new(Command::Annotate(Box::new((target, fields)))))
+            .send(Box::new(Command::Annotate(Box::new((target, update)))))
             .await
             .map_err(|_| NodeError::Stopped)
+    }
+
+    /// The fields this node adds to its answers to a `find_node` of `target`.
+    pub async fn annotation(&self, target: NodeId) -> Result<Option<Fields>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(Command::Annotation(target, tx)))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Peers of an info-hash.

@@ -19,5 +19,6 @@ pub mod session;
 pub use driver::{NodeConfig, spawn};
 pub use error::NodeError;
 pub use handle::{
-    IncomingQuery, NodeHandle, NodeSnapshot, RECENT_LOOKUPS, RecentLookup, TableEntry,
+    AnnotationUpdate, Fields, IncomingQuery, NodeHandle, NodeSnapshot, RECENT_LOOKUPS,
+    RecentLookup, TableEntry,
 };

@@ -90,10 +90,7 @@ async fn claim_name(inner: &Inner, presence: Option<&MutableItem>) {
     {
         tracing::debug!("storing our own claim: {e}");
     }
-    if let Some(item) = presence {
-        keep_claim_presence(inner, inner.name.as_str(), item.clone());
-    }
-    annotate_held(inner, &inner.name).await;
+    annotate_held(inner, &inner.name, presence.cloned()).await;
     let Ok((nodes, _)) = inner.dht.find_node(inner.name.target()).await else {
         return;
     };
@@ -167,96 +164,64 @@ async fn presence_item(inner: &Inner) -> Result<Option<MutableItem>, ChatError> 
     Ok(Some(item))
 }
 
-/// Most names whose claim's presence is kept (about `k` per `k` users are).
-const CLAIM_PRESENCE: usize = 4096;
+/// What a storer tells about a name: the claim it holds, and the newest
+/// presence that claim's key handed it. Kept in one place, the DHT core's
+/// annotation of the name's target (bencoded, one per name stored here): the
+/// core adds it to its `find_node` answers for that target, and `pc_resolve`
+/// answers with the same fields.
+type Fields = std::collections::BTreeMap<Vec<u8>, Value>;
 
-/// A presence item kept beside a stored claim, its value bencoded: a node keeps
-/// one for each name it stores, and a decoded value is a tree of allocations.
-pub(crate) struct KeptPresence {
-    /// The key that signed it (the claim's).
-    pub(crate) key: [u8; 32],
-    seq: i64,
-    sig: [u8; 64],
-    value: Box<[u8]>,
+/// The presence kept in `fields` if it is `key`'s (the claim there is `key`'s).
+fn kept_presence(fields: &Fields, key: &UserKey) -> Option<MutableItem> {
+    let held = wire::bytes(fields, "claim")
+        .map(NameClaim::from_bytes)?
+        .ok()?;
+    if held.key != *key {
+        return None;
+    }
+    from_beside_claim(fields, key)
 }
 
-impl KeptPresence {
-    fn new(item: &MutableItem) -> KeptPresence {
-        KeptPresence {
-            key: item.key,
-            seq: item.seq,
-            sig: item.sig,
-            value: item.value.encode().into(),
-        }
-    }
-
-    /// The item again (it was verified when kept).
-    pub(crate) fn item(&self) -> Option<MutableItem> {
-        Some(MutableItem {
-            key: self.key,
-            salt: PRESENCE_SALT.to_vec(),
-            seq: self.seq,
-            value: Value::decode(&self.value).ok()?,
-            sig: self.sig,
-        })
-    }
-}
-
-/// Keeps `item` as the presence handed with the claim of `name` stored here
-/// (the caller checked that the claim held is the item's key's): if it is
-/// newer than the one kept, and valid.
-pub(crate) fn keep_claim_presence(inner: &Inner, name: &str, item: MutableItem) {
-    let newer = |kept: &std::collections::HashMap<String, KeptPresence>| {
-        kept.get(name)
-            .is_none_or(|k| k.key != item.key || k.seq < item.seq)
-    };
-    if !newer(&lock(&inner.claim_presence)) {
-        return;
-    }
-    // Verified outside the lock: a signature check takes tens of microseconds.
-    if Presence::from_item(&item, &UserKey(item.key)).is_err() {
-        return;
-    }
-    let mut kept = lock(&inner.claim_presence);
-    if newer(&kept) {
-        if kept.len() >= CLAIM_PRESENCE && !kept.contains_key(name) {
-            kept.clear();
-        }
-        kept.insert(name.to_string(), KeptPresence::new(&item));
-    }
-}
-
-/// What a storer of `name`'s claim answers about it (to `pc_resolve`, and
-/// beside its `find_node` answers for the name's target): the claim `held`,
-/// with the newest presence its key handed us.
-pub(crate) fn claim_fields(
-    inner: &Inner,
-    name: &str,
-    held: Vec<u8>,
-) -> std::collections::BTreeMap<Vec<u8>, Value> {
-    let presence = NameClaim::from_bytes(&held).ok().and_then(|c| {
-        lock(&inner.claim_presence)
-            .get(name)
-            .filter(|kept| kept.key == c.key.0)
-            .and_then(KeptPresence::item)
-            .map(|item| beside_claim(&item))
-    });
-    let mut fields = wire::args("claim", Value::Bytes(held));
-    fields.extend(presence.into_iter().flatten());
-    fields
-}
-
-/// Answers a `find_node` of `name`'s target with the claim held here (and its
-/// presence), so that a resolver's lookup brings them back: see
-/// [`resolve_network`].
-pub(crate) async fn annotate_held(inner: &Inner, name: &Username) {
+/// Annotates `name`'s target with the claim held here and the presence kept
+/// with it: `offered` instead if it is the holder's, valid, and newer (it is
+/// signed by the claim's key: a replay cannot roll it back).
+pub(crate) async fn annotate_held(inner: &Inner, name: &Username, offered: Option<MutableItem>) {
     let Ok(Some(held)) = stored_claim(inner, name.as_str()).await else {
         return;
     };
-    let fields = claim_fields(inner, name.as_str(), held);
-    if let Err(e) = inner.dht.annotate(name.target(), Some(fields)).await {
+    let Ok(key) = NameClaim::from_bytes(&held).map(|c| c.key) else {
+        return;
+    };
+    // Verified here rather than in the node's task: a signature check takes
+    // tens of microseconds.
+    let offered = offered.filter(|i| Presence::from_item(i, &key).is_ok());
+    let update = move |now: Option<Fields>| {
+        let kept = now.as_ref().and_then(|f| kept_presence(f, &key));
+        let presence = match (kept, offered) {
+            (Some(k), Some(o)) => Some(if o.seq > k.seq { o } else { k }),
+            (k, o) => k.or(o),
+        };
+        let mut fields = wire::args("claim", Value::Bytes(held));
+        fields.extend(presence.iter().flat_map(beside_claim));
+        Some(fields)
+    };
+    if let Err(e) = inner
+        .dht
+        .update_annotation(name.target(), Box::new(update))
+        .await
+    {
         tracing::debug!("annotating {name}: {e}");
     }
+}
+
+/// What this node tells about `name`: the annotation of its target, or the
+/// claim alone when there is none (the core's table of annotations was full).
+pub(crate) async fn claim_answer(inner: &Inner, name: &Username) -> Option<Fields> {
+    if let Ok(Some(fields)) = inner.dht.annotation(name.target()).await {
+        return Some(fields);
+    }
+    let held = stored_claim(inner, name.as_str()).await.ok()??;
+    Some(wire::args("claim", Value::Bytes(held)))
 }
 
 /// At start, annotates the names whose claims this node stored before (their
@@ -273,7 +238,7 @@ pub(crate) async fn annotate_stored(inner: &Inner) {
         let Ok(name) = Username::new(&row.name) else {
             continue;
         };
-        let fields = claim_fields(inner, name.as_str(), row.claim);
+        let fields = wire::args("claim", Value::Bytes(row.claim));
         if inner
             .dht
             .annotate(name.target(), Some(fields))
@@ -391,27 +356,25 @@ impl Tally<'_> {
 async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolved>, ChatError> {
     let started = std::time::Instant::now();
     // We may be one of the k closest nodes ourselves (find_node never returns
-    // us): the claim we hold counts too (read while the lookup runs).
+    // us): what we hold counts too (read while the lookup runs).
     let (found, own) = tokio::join!(
         inner.dht.find_node_annotated(name.target(), Some("claim")),
-        held_claim(inner, name)
+        claim_answer(inner, name)
     );
     let (nodes, _) = found?;
     let looked_up = started.elapsed();
     let mut tally = Tally {
         name,
-        voters: nodes.len() + usize::from(own.is_some()),
+        voters: nodes.len(),
         claims: Vec::new(),
         distinct: Vec::new(),
         votes: std::collections::HashMap::new(),
-        presences: lock(&inner.claim_presence)
-            .get(name.as_str())
-            .and_then(KeptPresence::item)
-            .into_iter()
-            .collect(),
+        presences: Vec::new(),
     };
-    if let Some(c) = own {
-        tally.add(c);
+    if let Some(own) = own
+        && tally.count(&own)
+    {
+        tally.voters += 1;
     }
     let silent: Vec<_> = nodes
         .into_iter()

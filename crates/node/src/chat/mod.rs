@@ -208,9 +208,6 @@ pub(crate) struct Inner {
     /// The name claims this node stores, as held in the database (`None`: no
     /// claim), cached: resolving a name must not wait for the database.
     pub(crate) claims: std::sync::Mutex<HashMap<String, Option<Vec<u8>>>>,
-    /// The newest verified presence item handed with each name claim stored
-    /// here (by name; in memory only: the owner hands a new one at each announce).
-    pub(crate) claim_presence: std::sync::Mutex<HashMap<String, directory::KeptPresence>>,
     /// Key exchanges with recipients, kept for bursts of messages.
     pub(crate) sealers: std::sync::Mutex<HashMap<UserKey, peerchat_chat::Sealer>>,
     /// Key exchanges with senders' ephemeral keys, kept likewise.
@@ -357,7 +354,6 @@ impl ChatNode {
             names: Mutex::new(HashMap::new()),
             pinned: std::sync::Mutex::new(HashMap::new()),
             claims: std::sync::Mutex::new(HashMap::new()),
-            claim_presence: std::sync::Mutex::new(HashMap::new()),
             sealers: std::sync::Mutex::new(HashMap::new()),
             opened: peerchat_chat::OpenCache::default(),
             refused: std::sync::atomic::AtomicU64::new(0),

@@ -71,13 +71,9 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                 // Refused (another key holds it, or a forgery): answer with what we hold.
                 Err(e) => (existing.ok_or_else(|| protocol(e.to_string()))?, false),
             };
-            // The presence handed with an accepted claim is kept if it is valid
-            // and newer (it is signed by the claim's key: a replay cannot roll it back).
-            if accepted && let Some(item) = presence {
-                directory::keep_claim_presence(inner, kept.name.as_str(), item);
-            }
+            // The presence handed with an accepted claim is kept beside it.
             if accepted {
-                directory::annotate_held(inner, &kept.name).await;
+                directory::annotate_held(inner, &kept.name, presence).await;
             }
             Ok(wire::args("claim", Value::Bytes(kept.to_bytes())))
         }
@@ -87,14 +83,10 @@ async fn answer(inner: &Arc<Inner>, q: &IncomingQuery) -> Answer {
                 .ok()
                 .and_then(|n| Username::new(n).ok())
                 .ok_or_else(|| protocol("bad name"))?;
-            let held = directory::stored_claim(inner, name.as_str())
+            // The claim held, with the newest presence its key handed us.
+            Ok(directory::claim_answer(inner, &name)
                 .await
-                .map_err(server)?;
-            let Some(held) = held else {
-                return Ok(BTreeMap::new());
-            };
-            // With the claim, the newest presence its key handed us.
-            Ok(directory::claim_fields(inner, name.as_str(), held))
+                .unwrap_or_default())
         }
         wire::STORE => {
             let bytes = wire::bytes(&q.args, "env").ok_or_else(|| protocol("env missing"))?;

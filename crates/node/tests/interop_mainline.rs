@@ -256,6 +256,46 @@ async fn mixed_network_with_mainline_crate() {
     })
     .await;
 
+    // 1b. Annotated find_node answers (how Peerchat storers hand out a name's
+    // claim): the mainline crate's lookups go through them unharmed, and a
+    // Peerchat lookup collects them from the Peerchat nodes, nothing from the
+    // mainline ones.
+    let annotated = NodeId([0x5a; 20]);
+    let fields = std::collections::BTreeMap::from([(
+        b"claim".to_vec(),
+        Value::Bytes(b"held by a peerchat node".to_vec()),
+    )]);
+    for h in &net.pc {
+        h.annotate(annotated, Some(fields.clone())).await.unwrap();
+    }
+    eventually("mainline find_node through annotated answers", async || {
+        let found = ml(6).find_node(to_ml_id(annotated)).await;
+        found
+            .iter()
+            .any(|n| pc_addrs.contains(&SocketAddr::V4(n.address())))
+            .then_some(())
+    })
+    .await;
+    eventually(
+        "peerchat annotated find_node in a mixed network",
+        async || {
+            let (found, _) = net.pc[2]
+                .find_node_annotated(annotated, None)
+                .await
+                .unwrap();
+            let from_pc =
+                |(n, f): &&(peerchat_kad::NodeInfo, _)| pc_addrs.contains(&n.addr) && *f == fields;
+            let from_ml = |(n, f): &&(peerchat_kad::NodeInfo, std::collections::BTreeMap<_, _>)| {
+                !pc_addrs.contains(&n.addr) && f.is_empty()
+            };
+            (found.iter().filter(from_pc).count() >= 1
+                && found.iter().filter(from_ml).count() >= 1
+                && found.iter().all(|x| from_pc(&x) || from_ml(&x)))
+            .then_some(())
+        },
+    )
+    .await;
+
     // 2. BEP 5: Peerchat announces, mainline finds the peer; and the other way.
     let pc_hash = NodeId([0x51; 20]);
     let (stored, _) = net.pc[7].announce_peer(pc_hash, Some(4242)).await.unwrap();

@@ -86,6 +86,16 @@ impl Net {
         }
     }
 
+    /// A random target, and the honest nodes by their distance to it.
+    fn random_target(&mut self) -> (NodeId, Vec<usize>) {
+        let mut t = [0u8; 20];
+        self.rng.fill_bytes(&mut t);
+        let target = NodeId(t);
+        let mut by_distance: Vec<usize> = (0..self.honest.len()).collect();
+        by_distance.sort_by_key(|&i| self.honest[i].id().distance(&target));
+        (target, by_distance)
+    }
+
     /// Adds a hostile node with this id to every honest node's table.
     fn add_hostile(&mut self, id: NodeId, how: Hostility) {
         let a = SocketAddr::from(([10, 9, 0, self.hostile.len() as u8 + 1], 6881));
@@ -404,23 +414,22 @@ fn garbage_and_oversized_datagrams_are_counted_and_ignored() {
     assert!(matches!(m.body, Body::Response(_)));
 }
 
+/// An annotation as a claim storer's: `claim` with this text.
+fn claim_field(s: &str) -> std::collections::BTreeMap<Vec<u8>, Value> {
+    std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))])
+}
+
 #[test]
 fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
     let mut net = Net::new(60, 4);
-    let mut t = [0u8; 20];
-    net.rng.fill_bytes(&mut t);
-    let target = NodeId(t);
-    let mut by_distance: Vec<usize> = (0..net.honest.len()).collect();
-    by_distance.sort_by_key(|&i| net.honest[i].id().distance(&target));
-    let field =
-        |s: &str| std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))]);
+    let (target, by_distance) = net.random_target();
     // The five closest hold the record; a far node says something else; a liar
     // sits right next to the target.
     for &i in &by_distance[..5] {
-        assert!(net.honest[i].annotate(target, Some(field("held"))));
+        assert!(net.honest[i].annotate(target, Some(claim_field("held"))));
     }
     let far = by_distance[50];
-    assert!(net.honest[far].annotate(target, Some(field("far away"))));
+    assert!(net.honest[far].annotate(target, Some(claim_field("far away"))));
     net.add_hostile(near(target, 1), Hostility::Liar);
     let from = by_distance[30];
 
@@ -431,7 +440,7 @@ fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
     assert_eq!(found.len(), Config::default().k);
     let held: Vec<NodeId> = found
         .iter()
-        .filter(|(_, f)| *f == field("held"))
+        .filter(|(_, f)| *f == claim_field("held"))
         .map(|(n, _)| n.id)
         .collect();
     let closest: Vec<NodeId> = by_distance[..5]
@@ -440,14 +449,17 @@ fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
         .collect();
     assert_eq!(held, closest, "the closest nodes' fields, closest first");
     for (n, f) in &found {
-        assert!(f.is_empty() || *f == field("held"), "{n:?} gave {f:?}");
+        assert!(
+            f.is_empty() || *f == claim_field("held"),
+            "{n:?} gave {f:?}"
+        );
     }
 
     // On the wire: a plain find_node of the target carries the fields (other
     // implementations ignore them), one of another target does not, and a key
     // naming a field of the answer itself is never sent.
     let holder = &mut net.honest[by_distance[0]];
-    let mut f = field("held");
+    let mut f = claim_field("held");
     f.insert(b"id".to_vec(), Value::Bytes(vec![0; 20]));
     holder.annotate(target, Some(f));
     let asker: SocketAddr = "10.2.2.2:6881".parse().unwrap();
@@ -461,7 +473,7 @@ fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
         holder.id(),
         "an annotation cannot change the answer's id"
     );
-    assert_eq!(r.other, field("held"));
+    assert_eq!(r.other, claim_field("held"));
     assert!(!r.nodes.is_empty());
     assert!(answer(holder, near(target, 0x40)).other.is_empty());
     // And stopping the annotation stops it.
@@ -490,18 +502,12 @@ fn the_table_of_annotated_targets_is_bounded() {
 fn an_annotated_lookup_with_a_quorum_ends_once_most_of_the_closest_agree() {
     let mut net = Net::new(80, 5);
     let k = Config::default().k;
-    let mut t = [0u8; 20];
-    net.rng.fill_bytes(&mut t);
-    let target = NodeId(t);
-    let mut by_distance: Vec<usize> = (0..net.honest.len()).collect();
-    by_distance.sort_by_key(|&i| net.honest[i].id().distance(&target));
-    let field =
-        |s: &str| std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))]);
+    let (target, by_distance) = net.random_target();
     // All k closest hold the record, but one says something else.
     for &i in &by_distance[..k] {
-        net.honest[i].annotate(target, Some(field("held")));
+        net.honest[i].annotate(target, Some(claim_field("held")));
     }
-    net.honest[by_distance[1]].annotate(target, Some(field("forged")));
+    net.honest[by_distance[1]].annotate(target, Some(claim_field("forged")));
     let from = by_distance[60];
     let sent = |net: &Net| net.honest[from].stats().sent[1];
 
@@ -512,7 +518,7 @@ fn an_annotated_lookup_with_a_quorum_ends_once_most_of_the_closest_agree() {
     };
     let without = sent(&net) - before;
     let count = |found: &[(NodeInfo, std::collections::BTreeMap<Vec<u8>, Value>)], s: &str| {
-        found.iter().filter(|(_, f)| *f == field(s)).count()
+        found.iter().filter(|(_, f)| *f == claim_field(s)).count()
     };
     assert_eq!(count(&all, "held"), k - 1);
     assert_eq!(count(&all, "forged"), 1);

@@ -81,12 +81,27 @@ impl RawPeer {
         }
     }
 
-    /// Sends one query and waits for its answer: `Ok(fields)` or `Err((code, message))`.
+    /// Sends one extension query and waits for its answer: `Ok(fields)` or
+    /// `Err((code, message))`.
     async fn ask(
         &mut self,
         to: SocketAddr,
         method: &str,
         args: BTreeMap<Vec<u8>, Value>,
+    ) -> Result<BTreeMap<Vec<u8>, Value>, (i64, String)> {
+        let query = Query::Other {
+            method: method.as_bytes().to_vec(),
+            args,
+        };
+        self.query(to, query).await
+    }
+
+    /// Sends one query and waits for its answer: the fields beyond BEP 5's
+    /// own, or `Err((code, message))`.
+    async fn query(
+        &mut self,
+        to: SocketAddr,
+        query: Query,
     ) -> Result<BTreeMap<Vec<u8>, Value>, (i64, String)> {
         self.tid += 1;
         let tid = self.tid.to_be_bytes().to_vec();
@@ -95,13 +110,7 @@ impl RawPeer {
             version: None,
             ip: None,
             read_only: true,
-            body: Body::Query {
-                id: self.id,
-                query: Query::Other {
-                    method: method.as_bytes().to_vec(),
-                    args,
-                },
-            },
+            body: Body::Query { id: self.id, query },
         };
         self.sock.send_to(&msg.encode(), to).await.unwrap();
         let mut buf = vec![0u8; 2048];
@@ -507,6 +516,44 @@ async fn presence_beside_a_claim_is_kept_only_when_signed_by_the_claims_key_and_
         assert_eq!(held.key, victim.public(), "step {i}: the first claim holds");
         assert_eq!(resolved_port(&mut peer).await, Some(port), "step {i}");
     }
+
+    // A find_node of the name's target carries the same answer: a resolver's
+    // lookup gets it without asking again.
+    let find = Query::FindNode {
+        target: name.target(),
+    };
+    let resolved = peer
+        .ask(to, "pc_resolve", wire_args("name", b"victim"))
+        .await
+        .unwrap();
+    let found = peer.query(to, find.clone()).await.unwrap();
+    assert_eq!(found, resolved);
+    // Another target's answer carries nothing.
+    let other = Query::FindNode {
+        target: NodeId([0x33; 20]),
+    };
+    assert!(peer.query(to, other).await.unwrap().is_empty());
+
+    // Restarted, the storer answers with the claim again (kept on disk); the
+    // presence, kept in memory only, comes back with the owner's next announce.
+    storer.shutdown().await;
+    let dir = tmp.path().join("storer");
+    let storer = ChatNode::start(ChatConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut found = BTreeMap::new();
+    for _ in 0..50 {
+        // (the node's task may read a datagram before the start's annotations)
+        found = peer
+            .query(storer.listen_addr(), find.clone())
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(found, wire_args("claim", &claim.to_bytes()));
     storer.shutdown().await;
 }
 

@@ -197,7 +197,7 @@ impl NodeHandle {
         &self,
         target: NodeId,
         quorum: Option<&str>,
-    ) -> Result<(Vec<(NodeInfo, BTreeMap<Vec<u8>, Value>)>, QueryStats), NodeError> {
+    ) -> Result<(Vec<(NodeInfo, Fields)>, QueryStats), NodeError> {
         let quorum = quorum.map(|f| f.as_bytes().to_vec());
         match self.query(QueryKind::FindAnnotated(target, quorum)).await? {
             (Outcome::Annotated(n), s) => Ok((n, s)),

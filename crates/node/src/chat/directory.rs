@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::views::WhoisView;
 use super::{ChatError, Inner, lock, now_ms, wire};
+use crate::Fields;
 use crate::db::Contact;
 
 /// Claims our name and publishes our presence at login, then keeps both fresh.
@@ -164,13 +165,6 @@ async fn presence_item(inner: &Inner) -> Result<Option<MutableItem>, ChatError> 
     Ok(Some(item))
 }
 
-/// What a storer tells about a name: the claim it holds, and the newest
-/// presence that claim's key handed it. Kept in one place, the DHT core's
-/// annotation of the name's target (bencoded, one per name stored here): the
-/// core adds it to its `find_node` answers for that target, and `pc_resolve`
-/// answers with the same fields.
-type Fields = std::collections::BTreeMap<Vec<u8>, Value>;
-
 /// The presence kept in `fields` if it is `key`'s (the claim there is `key`'s).
 fn kept_presence(fields: &Fields, key: &UserKey) -> Option<MutableItem> {
     let held = wire::bytes(fields, "claim")
@@ -185,6 +179,12 @@ fn kept_presence(fields: &Fields, key: &UserKey) -> Option<MutableItem> {
 /// Annotates `name`'s target with the claim held here and the presence kept
 /// with it: `offered` instead if it is the holder's, valid, and newer (it is
 /// signed by the claim's key: a replay cannot roll it back).
+///
+/// What a storer tells about a name (the claim it holds, and the newest
+/// presence that claim's key handed it) is kept in this one place, the DHT
+/// core's annotation of the name's target (bencoded, one per name stored
+/// here): the core adds it to its `find_node` answers for that target, and
+/// `pc_resolve` answers with the same fields ([`claim_answer`]).
 pub(crate) async fn annotate_held(inner: &Inner, name: &Username, offered: Option<MutableItem>) {
     let Ok(Some(held)) = stored_claim(inner, name.as_str()).await else {
         return;
@@ -312,7 +312,7 @@ struct Tally<'a> {
 
 impl Tally<'_> {
     /// Counts a node's answer; false if it held no claim of this name.
-    fn count(&mut self, fields: &std::collections::BTreeMap<Vec<u8>, Value>) -> bool {
+    fn count(&mut self, fields: &Fields) -> bool {
         let Some(Ok(c)) = wire::bytes(fields, "claim").map(NameClaim::from_bytes) else {
             return false;
         };

@@ -42,8 +42,8 @@ pub use mailbox::{
     AuthError, DeliveryAck, FETCH_AUTH_WINDOW_MS, FetchAuth, MAX_ACK_IDS, mailbox_target,
 };
 pub use names::{
-    Accept, ClaimError, MAX_NAME_LEN, NameClaim, NameError, Username, accept_claim, name_target,
-    resolve_claims, validate_name,
+    Accept, ClaimError, ClaimTally, MAX_NAME_LEN, NameClaim, NameError, Username, accept_claim,
+    name_target, resolve_claims, validate_name,
 };
 pub use outbox::{DeliveryState, ParseStateError};
 pub use presence::{

@@ -304,42 +304,84 @@ pub fn accept_claim(existing: Option<&NameClaim>, new: &NameClaim) -> Result<Acc
 /// same way), and of that key's claims the one with the highest `seq`.
 ///
 /// Clients then pin the key (trust on first use) and show its fingerprint.
-///
-/// Storers mostly return the same claim: each distinct claim is verified once.
 pub fn resolve_claims<'a>(
     name: &Username,
     claims: impl IntoIterator<Item = &'a NameClaim>,
-) -> Option<&'a NameClaim> {
-    let mut by_key: BTreeMap<UserKey, (usize, &'a NameClaim)> = BTreeMap::new();
-    let mut checked: Vec<(&'a NameClaim, bool)> = Vec::new();
+) -> Option<NameClaim> {
+    let mut tally = ClaimTally::new(name.clone());
     for claim in claims {
-        if claim.name != *name {
-            continue;
+        tally.add(claim);
+    }
+    tally.winner().cloned()
+}
+
+/// The count behind [`resolve_claims`], kept as the storers' answers come in,
+/// so a reader can stop once the answers still out cannot change the outcome
+/// ([`ClaimTally::leading_votes`]).
+///
+/// Storers mostly return the same claim: each distinct claim is verified once.
+#[derive(Debug, Clone)]
+pub struct ClaimTally {
+    name: Username,
+    /// Every distinct claim seen, and whether it verified.
+    checked: Vec<(NameClaim, bool)>,
+    /// Per key: its valid votes, and its claim with the highest `seq`.
+    by_key: BTreeMap<UserKey, (usize, NameClaim)>,
+}
+
+impl ClaimTally {
+    /// An empty count of the claims of `name`.
+    pub fn new(name: Username) -> ClaimTally {
+        ClaimTally {
+            name,
+            checked: Vec::new(),
+            by_key: BTreeMap::new(),
         }
-        let valid = match checked.iter().find(|(c, _)| *c == claim) {
+    }
+
+    /// Counts one storer's claim; false if it is not a valid claim of the name
+    /// (a forgery, or a claim of another name), which counts for no key.
+    pub fn add(&mut self, claim: &NameClaim) -> bool {
+        if claim.name != self.name {
+            return false;
+        }
+        let valid = match self.checked.iter().find(|(c, _)| c == claim) {
             Some((_, v)) => *v,
             None => {
                 let v = claim.verify().is_ok();
-                checked.push((claim, v));
+                self.checked.push((claim.clone(), v));
                 v
             }
         };
-        if !valid {
-            continue;
+        if valid {
+            let entry = self
+                .by_key
+                .entry(claim.key)
+                .or_insert_with(|| (0, claim.clone()));
+            entry.0 += 1;
+            if claim.seq > entry.1.seq {
+                entry.1 = claim.clone();
+            }
         }
-        let entry = by_key.entry(claim.key).or_insert((0, claim));
-        entry.0 += 1;
-        if claim.seq > entry.1.seq {
-            entry.1 = claim;
-        }
+        valid
     }
-    // max_by_key keeps the last maximum; iterate keys in descending order so ties
-    // resolve to the smallest key.
-    by_key
-        .into_iter()
-        .rev()
-        .max_by_key(|(_, (votes, _))| *votes)
-        .map(|(_, (_, claim))| claim)
+
+    /// The valid votes of the key held by the most storers (0 before any).
+    pub fn leading_votes(&self) -> usize {
+        self.by_key.values().map(|(v, _)| *v).max().unwrap_or(0)
+    }
+
+    /// The claim to believe: the newest of the key with the most votes, ties
+    /// to the smaller key.
+    pub fn winner(&self) -> Option<&NameClaim> {
+        // max_by_key keeps the last maximum; iterate keys in descending order
+        // so ties resolve to the smallest key.
+        self.by_key
+            .iter()
+            .rev()
+            .max_by_key(|(_, (votes, _))| *votes)
+            .map(|(_, (_, claim))| claim)
+    }
 }
 
 #[cfg(test)]
@@ -493,7 +535,27 @@ mod tests {
         let smaller = a.public().min(b.public());
         assert_eq!(picked.key, smaller);
         let with_extra_a = [claims.to_vec(), vec![a2.clone()]].concat();
-        assert_eq!(resolve_claims(&alice, &with_extra_a), Some(&a2));
+        assert_eq!(resolve_claims(&alice, &with_extra_a), Some(a2.clone()));
         assert_eq!(resolve_claims(&name("bob"), &claims), None);
+    }
+
+    #[test]
+    fn a_tally_counts_valid_claims_of_its_name_only() {
+        let (a, b) = ids();
+        let alice = name("alice");
+        let mut tally = ClaimTally::new(alice.clone());
+        assert_eq!((tally.leading_votes(), tally.winner()), (0, None));
+        let a1 = NameClaim::new(&a, &alice, 1, 1);
+        let mut forged = NameClaim::new(&b, &alice, 1, 1);
+        forged.seq = 2;
+        assert!(tally.add(&a1));
+        assert!(!tally.add(&forged));
+        assert!(!tally.add(&forged));
+        assert!(!tally.add(&NameClaim::new(&b, &name("bob"), 1, 1)));
+        assert!(tally.add(&a1));
+        assert_eq!(tally.leading_votes(), 2);
+        assert!(tally.add(&NameClaim::new(&b, &alice, 1, 1)));
+        assert_eq!(tally.leading_votes(), 2);
+        assert_eq!(tally.winner(), Some(&a1));
     }
 }

@@ -161,7 +161,7 @@ fn forged_name_claims_are_refused() {
         wrong_key,
         squat,
     ];
-    assert_eq!(resolve_claims(&name, &answers), Some(&newer));
+    assert_eq!(resolve_claims(&name, &answers), Some(newer));
 }
 
 fn presence(node: u8, t: u64) -> Presence {

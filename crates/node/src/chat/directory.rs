@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use peerchat_chat::{
-    NameClaim, PRESENCE_SALT, Presence, UserKey, Username, beside_claim, from_beside_claim,
-    newest_presence, resolve_claims,
+    ClaimTally, NameClaim, PRESENCE_SALT, Presence, UserKey, Username, beside_claim,
+    from_beside_claim, newest_presence,
 };
 use peerchat_kad::Value;
 use peerchat_kad::bep44::MutableItem;
@@ -298,51 +298,32 @@ pub(crate) struct Resolved {
     pub(crate) presence: Option<Presence>,
 }
 
-/// Votes on who holds a name: each valid claim counts once per node that
-/// holds it; each distinct claim is verified once (storers mostly hold the same).
-struct Tally<'a> {
-    name: &'a Username,
+/// Votes on who holds a name, and the presence items handed with the claims.
+struct Tally {
+    claims: ClaimTally,
     /// Everyone asked (or answering), ourselves included if we hold a claim.
     voters: usize,
-    claims: Vec<NameClaim>,
-    distinct: Vec<(NameClaim, bool)>,
-    votes: std::collections::HashMap<UserKey, usize>,
     presences: Vec<MutableItem>,
 }
 
-impl Tally<'_> {
+impl Tally {
     /// Counts a node's answer; false if it held no claim of this name.
-    fn count(&mut self, fields: &Fields) -> bool {
+    fn count(&mut self, name: &Username, fields: &Fields) -> bool {
         let Some(Ok(c)) = wire::bytes(fields, "claim").map(NameClaim::from_bytes) else {
             return false;
         };
-        if c.name != *self.name {
+        if c.name != *name {
             return false;
         }
         self.presences.extend(from_beside_claim(fields, &c.key));
-        self.add(c);
+        self.claims.add(&c);
         true
-    }
-
-    fn add(&mut self, c: NameClaim) {
-        let valid = match self.distinct.iter().find(|(d, _)| *d == c) {
-            Some((_, v)) => *v,
-            None => {
-                let v = c.verify().is_ok();
-                self.distinct.push((c.clone(), v));
-                v
-            }
-        };
-        if valid {
-            *self.votes.entry(c.key).or_default() += 1;
-        }
-        self.claims.push(c);
     }
 
     /// Whether one key holds a strict majority of all voters: the answers
     /// still out cannot change the outcome.
     fn decided(&self) -> bool {
-        self.votes.values().any(|&v| v * 2 > self.voters)
+        self.claims.leading_votes() * 2 > self.voters
     }
 }
 
@@ -364,21 +345,18 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
     let (nodes, _) = found?;
     let looked_up = started.elapsed();
     let mut tally = Tally {
-        name,
+        claims: ClaimTally::new(name.clone()),
         voters: nodes.len(),
-        claims: Vec::new(),
-        distinct: Vec::new(),
-        votes: std::collections::HashMap::new(),
         presences: Vec::new(),
     };
     if let Some(own) = own
-        && tally.count(&own)
+        && tally.count(name, &own)
     {
         tally.voters += 1;
     }
     let silent: Vec<_> = nodes
         .into_iter()
-        .filter(|(_, fields)| !tally.count(fields))
+        .filter(|(_, fields)| !tally.count(name, fields))
         .map(|(n, _)| n)
         .collect();
     let asked = silent.len();
@@ -391,7 +369,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
         }
         while let Some(r) = set.join_next().await {
             if let Ok(Ok(Some(Ok(resp)))) = r
-                && tally.count(&resp.other)
+                && tally.count(name, &resp.other)
                 && tally.decided()
             {
                 // The slowest storers need not be waited for.
@@ -404,7 +382,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
         name.as_str(),
         started.elapsed()
     );
-    let Some(key) = resolve_claims(name, &tally.claims).map(|c| c.key) else {
+    let Some(key) = tally.claims.winner().map(|c| c.key) else {
         return Ok(None);
     };
     let presence = newest_presence(&key, tally.presences.iter().filter(|i| i.key == key.0));

@@ -339,20 +339,27 @@ impl ClaimTally {
         }
     }
 
-    /// Counts one storer's claim; false if it is not a valid claim of the name
-    /// (a forgery, or a claim of another name), which counts for no key.
-    pub fn add(&mut self, claim: &NameClaim) -> bool {
+    /// Whether `claim` is a valid claim of the name, without counting it; its
+    /// signature is checked the first time only. A reader can check the
+    /// first answers this way while it waits for the others.
+    pub fn check(&mut self, claim: &NameClaim) -> bool {
         if claim.name != self.name {
             return false;
         }
-        let valid = match self.checked.iter().find(|(c, _)| c == claim) {
+        match self.checked.iter().find(|(c, _)| c == claim) {
             Some((_, v)) => *v,
             None => {
                 let v = claim.verify().is_ok();
                 self.checked.push((claim.clone(), v));
                 v
             }
-        };
+        }
+    }
+
+    /// Counts one storer's claim; false if it is not a valid claim of the name
+    /// (a forgery, or a claim of another name), which counts for no key.
+    pub fn add(&mut self, claim: &NameClaim) -> bool {
+        let valid = self.check(claim);
         if valid {
             let entry = self
                 .by_key

@@ -954,6 +954,11 @@ impl<S: RecordStore> Dht<S> {
             // One entry per node (a candidate answers once), bounded by the
             // lookup's candidates; only the closest are handed out.
             Kind::FindAnnotated { .. } if !r.other.is_empty() => {
+                self.events.push_back(Event::Annotation {
+                    id: q,
+                    node: expect,
+                    fields: r.other.clone(),
+                });
                 run.annotations.push((expect, std::mem::take(&mut r.other)));
             }
             _ => {}

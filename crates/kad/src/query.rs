@@ -87,4 +87,17 @@ pub enum Event {
     },
     /// Several nodes agree that this is our address as they see it (BEP 42 `ip`).
     ExternalAddress(SocketAddr),
+    /// An answer with extra fields to a running [`crate::Dht::find_node_annotated`],
+    /// as it arrives. The outcome lists the fields of the closest nodes again
+    /// at the end; meanwhile a caller can start on these (check a signature
+    /// while the lookup goes on). A node that ends up farther than the `k`
+    /// closest may be among them.
+    Annotation {
+        /// The lookup.
+        id: QueryId,
+        /// The node that answered.
+        node: NodeId,
+        /// The fields it added.
+        fields: std::collections::BTreeMap<Vec<u8>, Value>,
+    },
 }

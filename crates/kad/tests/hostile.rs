@@ -3,7 +3,7 @@
 //! storers offered forged or replayed BEP 44 items. Lookups still find the closest
 //! honest nodes; every bad datagram or item is refused with an error or counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ struct Net {
     fakes: Vec<NodeId>,
     rng: ChaCha20Rng,
     answered: usize,
+    /// The answers with fields that the last [`Net::run`] saw arrive, in order.
+    early: Vec<(NodeId, BTreeMap<Vec<u8>, Value>)>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -83,6 +85,7 @@ impl Net {
             fakes: Vec::new(),
             rng,
             answered: 0,
+            early: Vec::new(),
         }
     }
 
@@ -199,6 +202,7 @@ impl Net {
 
     /// Moves datagrams and time until `from`'s query `q` is done.
     fn run(&mut self, from: usize, q: QueryId) -> Outcome {
+        self.early.clear();
         let deadline = self.now + Duration::from_secs(120);
         loop {
             let mut moved = true;
@@ -219,10 +223,12 @@ impl Net {
                     }
                 }
                 while let Some(ev) = self.honest[from].poll_event() {
-                    if let Event::QueryDone { id, outcome, .. } = ev
-                        && id == q
-                    {
-                        return outcome;
+                    match ev {
+                        Event::QueryDone { id, outcome, .. } if id == q => return outcome,
+                        Event::Annotation { id, node, fields } if id == q => {
+                            self.early.push((node, fields));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -415,8 +421,8 @@ fn garbage_and_oversized_datagrams_are_counted_and_ignored() {
 }
 
 /// An annotation as a claim storer's: `claim` with this text.
-fn claim_field(s: &str) -> std::collections::BTreeMap<Vec<u8>, Value> {
-    std::collections::BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))])
+fn claim_field(s: &str) -> BTreeMap<Vec<u8>, Value> {
+    BTreeMap::from([(b"claim".to_vec(), Value::Bytes(s.into()))])
 }
 
 #[test]
@@ -454,6 +460,16 @@ fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
             "{n:?} gave {f:?}"
         );
     }
+    // Each of them was also handed out as it arrived, before the end.
+    for id in &closest {
+        assert!(
+            net.early
+                .iter()
+                .any(|(n, f)| n == id && *f == claim_field("held")),
+            "{id:?}'s answer was not handed out as it arrived"
+        );
+    }
+    assert!(net.early.iter().all(|(_, f)| !f.is_empty()));
 
     // On the wire: a plain find_node of the target carries the fields (other
     // implementations ignore them), one of another target does not, and a key
@@ -484,7 +500,7 @@ fn annotations_come_back_with_the_lookup_from_the_closest_nodes_only() {
 #[test]
 fn the_table_of_annotated_targets_is_bounded() {
     let (mut dht, _) = storer();
-    let f = std::collections::BTreeMap::from([(b"x".to_vec(), Value::Int(1))]);
+    let f = BTreeMap::from([(b"x".to_vec(), Value::Int(1))]);
     let mut accepted = 0;
     for i in 0..5000u32 {
         let mut t = [0u8; 20];
@@ -517,7 +533,7 @@ fn an_annotated_lookup_with_a_quorum_ends_once_most_of_the_closest_agree() {
         panic!("another outcome");
     };
     let without = sent(&net) - before;
-    let count = |found: &[(NodeInfo, std::collections::BTreeMap<Vec<u8>, Value>)], s: &str| {
+    let count = |found: &[(NodeInfo, BTreeMap<Vec<u8>, Value>)], s: &str| {
         found.iter().filter(|(_, f)| *f == claim_field(s)).count()
     };
     assert_eq!(count(&all, "held"), k - 1);

@@ -112,7 +112,7 @@ async fn run(
     live: Arc<AtomicUsize>,
     extensions: Option<mpsc::Sender<IncomingQuery>>,
 ) {
-    let mut waiting: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>> = HashMap::new();
+    let mut waiting = Waiting::default();
     let mut lookups = Lookups::default();
     let start = tokio::time::Instant::now();
     let start_std = Instant::now();
@@ -131,11 +131,18 @@ async fn run(
                 Err(e) => tracing::trace!(%addr, "socket error: {e}"),
             },
             cmd = rx.recv() => match cmd.map(|c| *c) {
-                Some(Command::Query(kind, reply)) => {
+                Some(Command::Query(mut kind, reply)) => {
                     let now = Instant::now();
                     let label = lookup_label(&kind, dht.id());
+                    let early = match &mut *kind {
+                        QueryKind::FindAnnotated(_, _, early) => early.take(),
+                        _ => None,
+                    };
                     let q = start_query(&mut dht, *kind, now);
-                    waiting.insert(q, reply);
+                    waiting.done.insert(q, reply);
+                    if let Some(early) = early {
+                        waiting.early.insert(q, early);
+                    }
                     if let Some(l) = label {
                         lookups.started.insert(q, l);
                     }
@@ -195,6 +202,15 @@ async fn run(
     }
 }
 
+/// Who waits for the queries callers started.
+#[derive(Default)]
+struct Waiting {
+    /// For the outcome.
+    done: HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
+    /// For the answers with fields of an annotated lookup, as they arrive.
+    early: HashMap<QueryId, mpsc::UnboundedSender<crate::Fields>>,
+}
+
 /// The lookups callers started, and the last [`RECENT_LOOKUPS`] that finished
 /// (a bounded ring, for views of the network).
 #[derive(Default)]
@@ -248,7 +264,7 @@ fn lookup_label(kind: &QueryKind, own: NodeId) -> Option<(&'static str, NodeId)>
     use peerchat_kad::bep44::{immutable_target, mutable_target};
     Some(match kind {
         QueryKind::Bootstrap(_) => ("bootstrap", own),
-        QueryKind::FindNode(t) | QueryKind::FindAnnotated(t, _) => ("find_node", *t),
+        QueryKind::FindNode(t) | QueryKind::FindAnnotated(t, ..) => ("find_node", *t),
         QueryKind::GetPeers(t) => ("get_peers", *t),
         QueryKind::Announce(t, _) => ("announce_peer", *t),
         QueryKind::GetImmutable(t) => ("get", *t),
@@ -277,7 +293,7 @@ fn start_query(dht: &mut Dht, kind: QueryKind, now: Instant) -> QueryId {
     match kind {
         QueryKind::Bootstrap(addrs) => dht.bootstrap(&addrs, now),
         QueryKind::FindNode(t) => dht.find_node(t, now),
-        QueryKind::FindAnnotated(t, quorum) => dht.find_node_annotated(t, quorum, now),
+        QueryKind::FindAnnotated(t, quorum, _) => dht.find_node_annotated(t, quorum, now),
         QueryKind::GetPeers(t) => dht.get_peers(t, now),
         QueryKind::Announce(t, port) => dht.announce_peer(t, port, now),
         QueryKind::GetImmutable(t) => dht.get_immutable(t, now),
@@ -333,7 +349,7 @@ fn receive(dht: &mut Dht, socket: &UdpSocket) {
 fn flush(
     dht: &mut Dht,
     socket: &UdpSocket,
-    waiting: &mut HashMap<QueryId, oneshot::Sender<(Outcome, QueryStats)>>,
+    waiting: &mut Waiting,
     lookups: &mut Lookups,
     extensions: Option<&mpsc::Sender<IncomingQuery>>,
 ) {
@@ -341,8 +357,14 @@ fn flush(
         match ev {
             Event::QueryDone { id, outcome, stats } => {
                 lookups.finish(id, &outcome, stats);
-                if let Some(tx) = waiting.remove(&id) {
+                waiting.early.remove(&id);
+                if let Some(tx) = waiting.done.remove(&id) {
                     let _ = tx.send((outcome, stats));
+                }
+            }
+            Event::Annotation { id, fields, .. } => {
+                if let Some(tx) = waiting.early.get(&id) {
+                    let _ = tx.send(fields);
                 }
             }
             Event::Bootstrapped { contacts } => tracing::debug!(contacts, "bootstrapped"),

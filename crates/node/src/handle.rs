@@ -47,7 +47,13 @@ pub(crate) enum Command {
 pub(crate) enum QueryKind {
     Bootstrap(Vec<SocketAddr>),
     FindNode(NodeId),
-    FindAnnotated(NodeId, Option<Vec<u8>>),
+    /// Target, quorum field, and where each annotated answer also goes as it
+    /// arrives.
+    FindAnnotated(
+        NodeId,
+        Option<Vec<u8>>,
+        Option<mpsc::UnboundedSender<Fields>>,
+    ),
     GetPeers(NodeId),
     Announce(NodeId, Option<u16>),
     GetImmutable(NodeId),
@@ -198,8 +204,34 @@ impl NodeHandle {
         target: NodeId,
         quorum: Option<&str>,
     ) -> Result<(Vec<(NodeInfo, Fields)>, QueryStats), NodeError> {
+        self.lookup_annotated(target, quorum, None).await
+    }
+
+    /// [`NodeHandle::find_node_annotated`], and each answer with fields also
+    /// sent to `early` as it arrives (the lookup's candidates answer once
+    /// each, so it holds at most that many): the caller can start on them,
+    /// say check their signatures, while the lookup goes on. The outcome
+    /// lists the fields of the closest nodes again.
+    pub async fn find_node_annotated_early(
+        &self,
+        target: NodeId,
+        quorum: Option<&str>,
+        early: mpsc::UnboundedSender<Fields>,
+    ) -> Result<(Vec<(NodeInfo, Fields)>, QueryStats), NodeError> {
+        self.lookup_annotated(target, quorum, Some(early)).await
+    }
+
+    async fn lookup_annotated(
+        &self,
+        target: NodeId,
+        quorum: Option<&str>,
+        early: Option<mpsc::UnboundedSender<Fields>>,
+    ) -> Result<(Vec<(NodeInfo, Fields)>, QueryStats), NodeError> {
         let quorum = quorum.map(|f| f.as_bytes().to_vec());
-        match self.query(QueryKind::FindAnnotated(target, quorum)).await? {
+        match self
+            .query(QueryKind::FindAnnotated(target, quorum, early))
+            .await?
+        {
             (Outcome::Annotated(n), s) => Ok((n, s)),
             _ => Err(NodeError::Stopped),
         }

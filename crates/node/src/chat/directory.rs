@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use peerchat_chat::{
     ClaimTally, NameClaim, PRESENCE_SALT, Presence, UserKey, Username, beside_claim,
-    from_beside_claim, newest_presence,
+    from_beside_claim,
 };
 use peerchat_kad::Value;
 use peerchat_kad::bep44::MutableItem;
@@ -299,23 +299,48 @@ pub(crate) struct Resolved {
 }
 
 /// Votes on who holds a name, and the presence items handed with the claims.
-struct Tally {
+struct Tally<'a> {
+    name: &'a Username,
     claims: ClaimTally,
     /// Everyone asked (or answering), ourselves included if we hold a claim.
     voters: usize,
-    presences: Vec<MutableItem>,
+    /// Each distinct presence item handed with a claim of the name, and what
+    /// it says if it verifies under that claim's key.
+    presences: Vec<(MutableItem, Option<Presence>)>,
 }
 
-impl Tally {
+impl<'a> Tally<'a> {
+    fn new(name: &'a Username) -> Tally<'a> {
+        Tally {
+            name,
+            claims: ClaimTally::new(name.clone()),
+            voters: 0,
+            presences: Vec::new(),
+        }
+    }
+
+    /// Reads a node's answer, checking the signatures of a claim and a
+    /// presence not seen before; the claim, if it is one of this name.
+    fn check(&mut self, fields: &Fields) -> Option<NameClaim> {
+        let c = NameClaim::from_bytes(wire::bytes(fields, "claim")?).ok()?;
+        if c.name != *self.name {
+            return None;
+        }
+        self.claims.check(&c);
+        if let Some(item) = from_beside_claim(fields, &c.key)
+            && !self.presences.iter().any(|(i, _)| *i == item)
+        {
+            let presence = Presence::from_item(&item, &c.key).ok();
+            self.presences.push((item, presence));
+        }
+        Some(c)
+    }
+
     /// Counts a node's answer; false if it held no claim of this name.
-    fn count(&mut self, name: &Username, fields: &Fields) -> bool {
-        let Some(Ok(c)) = wire::bytes(fields, "claim").map(NameClaim::from_bytes) else {
+    fn count(&mut self, fields: &Fields) -> bool {
+        let Some(c) = self.check(fields) else {
             return false;
         };
-        if c.name != *name {
-            return false;
-        }
-        self.presences.extend(from_beside_claim(fields, &c.key));
         self.claims.add(&c);
         true
     }
@@ -324,6 +349,16 @@ impl Tally {
     /// still out cannot change the outcome.
     fn decided(&self) -> bool {
         self.claims.leading_votes() * 2 > self.voters
+    }
+
+    /// The newest valid presence handed with a claim of `key`.
+    fn presence_of(&self, key: &UserKey) -> Option<Presence> {
+        self.presences
+            .iter()
+            .filter(|(item, _)| item.key == key.0)
+            .filter_map(|(item, p)| Some((item.seq, p.as_ref()?)))
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, p)| p.clone())
     }
 }
 
@@ -338,25 +373,38 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
     let started = std::time::Instant::now();
     // We may be one of the k closest nodes ourselves (find_node never returns
     // us): what we hold counts too (read while the lookup runs).
-    let (found, own) = tokio::join!(
-        inner.dht.find_node_annotated(name.target(), Some("claim")),
-        claim_answer(inner, name)
-    );
+    let mut tally = Tally::new(name);
+    // The storers' claims and presences come back mostly identical: their
+    // signatures are checked as the first answers arrive, while the lookup
+    // goes on, and the count at the end finds them checked.
+    let (early_tx, mut early) = tokio::sync::mpsc::unbounded_channel();
+    let lookup = async {
+        let lookup = inner
+            .dht
+            .find_node_annotated_early(name.target(), Some("claim"), early_tx);
+        tokio::pin!(lookup);
+        loop {
+            tokio::select! {
+                biased;
+                found = &mut lookup => break found,
+                Some(fields) = early.recv() => {
+                    tally.check(&fields);
+                }
+            }
+        }
+    };
+    let (found, own) = tokio::join!(lookup, claim_answer(inner, name));
     let (nodes, _) = found?;
     let looked_up = started.elapsed();
-    let mut tally = Tally {
-        claims: ClaimTally::new(name.clone()),
-        voters: nodes.len(),
-        presences: Vec::new(),
-    };
+    tally.voters = nodes.len();
     if let Some(own) = own
-        && tally.count(name, &own)
+        && tally.count(&own)
     {
         tally.voters += 1;
     }
     let silent: Vec<_> = nodes
         .into_iter()
-        .filter(|(_, fields)| !tally.count(name, fields))
+        .filter(|(_, fields)| !tally.count(fields))
         .map(|(n, _)| n)
         .collect();
     let asked = silent.len();
@@ -369,7 +417,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
         }
         while let Some(r) = set.join_next().await {
             if let Ok(Ok(Some(Ok(resp)))) = r
-                && tally.count(name, &resp.other)
+                && tally.count(&resp.other)
                 && tally.decided()
             {
                 // The slowest storers need not be waited for.
@@ -385,7 +433,7 @@ async fn resolve_network(inner: &Inner, name: &Username) -> Result<Option<Resolv
     let Some(key) = tally.claims.winner().map(|c| c.key) else {
         return Ok(None);
     };
-    let presence = newest_presence(&key, tally.presences.iter().filter(|i| i.key == key.0));
+    let presence = tally.presence_of(&key);
     Ok(Some(Resolved { key, presence }))
 }
 

@@ -739,9 +739,19 @@ impl Worker {
                 errors.push(format!("user {} is not running", op.from));
                 continue;
             };
-            let t = Instant::now();
-            let r = c.whois(&user_name(op.to)).await;
-            micros[i] = t.elapsed().as_micros() as u64;
+            // Each whois runs as a task on the runtime's workers, where the
+            // node's API (and so its terminal UI) runs it, and is timed there.
+            // Not from this loop: it runs on the thread that blocks on the
+            // runtime, outside its workers, and every answer handed to it
+            // would wake that third thread (0.57 against 0.47 ms at 1,280).
+            let (name, caller) = (user_name(op.to), c.clone());
+            let (r, took) = tokio::spawn(async move {
+                let t = Instant::now();
+                let r = caller.whois(&name).await;
+                (r, t.elapsed())
+            })
+            .await?;
+            micros[i] = took.as_micros() as u64;
             match r {
                 Ok(w) => {
                     let addr = user_addr(op.to, self.port).to_string();

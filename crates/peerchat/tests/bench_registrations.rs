@@ -6,10 +6,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn storm(args: &[&str]) -> Value {
+/// Runs the benchmark with `args`, drawing its plots as `ext` (svg or png).
+fn storm(args: &[&str], ext: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("storm.json");
-    let plot = dir.path().join("storm.svg");
+    let plot = dir.path().join(format!("storm.{ext}"));
     let out = Command::new(env!("CARGO_BIN_EXE_peerchat"))
         .args(["bench", "registrations"])
         .args(args)
@@ -30,11 +31,26 @@ fn storm(args: &[&str]) -> Value {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report was written"))
             .expect("valid JSON");
-    // Both figures are drawn, with their text.
-    for svg in [plot.clone(), dir.path().join("storm-scaling.svg")] {
-        let text = std::fs::read_to_string(&svg).expect("plot written");
-        assert!(text.starts_with("<svg"), "{}", svg.display());
-        assert!(text.contains("<text"), "{} has no labels", svg.display());
+    // Both figures are drawn: SVG with its text, PNG as a 960x600 image.
+    for figure in [
+        plot.clone(),
+        dir.path().join(format!("storm-scaling.{ext}")),
+    ] {
+        let bytes = std::fs::read(&figure).expect("plot written");
+        if ext == "svg" {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.starts_with("<svg"), "{}", figure.display());
+            assert!(text.contains("<text"), "{} has no labels", figure.display());
+        } else {
+            assert!(
+                bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+                "{} is not a PNG",
+                figure.display()
+            );
+            // The IHDR chunk: width and height, big-endian, after the signature.
+            assert_eq!(&bytes[16..24], &[0, 0, 3, 192, 0, 0, 2, 88]);
+            assert!(bytes.len() > 20_000, "{} is nearly empty", figure.display());
+        }
     }
     report
 }
@@ -47,7 +63,7 @@ fn num(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn tiny_real_storms_register_resolve_and_deliver_everything() {
-    let report = storm(&["--nodes", "10,20", "--seed", "5"]);
+    let report = storm(&["--nodes", "10,20", "--seed", "5"], "svg");
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2);
     for (run, n) in runs.iter().zip([10.0, 20.0]) {
@@ -76,7 +92,10 @@ fn tiny_real_storms_register_resolve_and_deliver_everything() {
 fn a_storm_spread_over_worker_processes_chains_them_and_resolves_every_name() {
     // Three processes of 8 users: each process's first user registers once the
     // previous process's last one has joined (its mark file).
-    let report = storm(&["--nodes", "24", "--users-per-worker", "8", "--seed", "6"]);
+    let report = storm(
+        &["--nodes", "24", "--users-per-worker", "8", "--seed", "6"],
+        "svg",
+    );
     let run = &report["runs"][0];
     assert_eq!(num(run, "workers"), 3.0, "{run}");
     let checks = 24.0 * 23.0;
@@ -89,7 +108,7 @@ fn a_storm_spread_over_worker_processes_chains_them_and_resolves_every_name() {
 
 #[test]
 fn tiny_simulated_storm_resolves_every_name() {
-    let report = storm(&["--sim", "--nodes", "30,60", "--pairs", "20"]);
+    let report = storm(&["--sim", "--nodes", "30,60", "--pairs", "20"], "png");
     for run in report["runs"].as_array().expect("runs") {
         assert_eq!(run["mode"], "sim");
         assert_eq!(num(run, "resolutions"), 20.0, "{run}");

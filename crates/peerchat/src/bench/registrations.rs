@@ -77,9 +77,9 @@ pub(crate) struct RegistrationsArgs {
     /// Write every figure (with the RPC-rate curves) to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
-    /// Draw RPCs per second per node over time to FILE.svg, and RPCs per node and
-    /// hops against n to FILE-scaling.svg.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw RPCs per second per node over time to FILE.svg (or FILE.png), and RPCs
+    /// per node and hops against n to FILE-scaling.svg (or FILE-scaling.png).
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     pub(crate) plot: Option<PathBuf>,
     /// Milliseconds between two users' logins.
     #[arg(long, default_value_t = 5)]

@@ -1,9 +1,12 @@
-//! The storm's two figures, as SVG (plotters' SVG backend writes text as
-//! `<text>` elements: no font is needed to draw them).
+//! The storm's two figures, as SVG or PNG (by the file's extension). The text
+//! is measured, and drawn in PNGs, with DejaVu Sans built into the binary: the
+//! figures look the same on a machine without fonts.
 
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{LogFit, StormResult};
@@ -27,29 +30,98 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
 
-/// `FILE-scaling.svg` next to `FILE.svg`.
+/// The figures' size in pixels.
+const SIZE: (u32, u32) = (960, 600);
+
+/// The image formats the figures can be drawn in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Svg,
+    Png,
+}
+
+/// The format `path`'s extension names, or an error saying which ones work.
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
+        _ => bail!(
+            "--plot {}: the file must end in .svg or .png",
+            path.display()
+        ),
+    }
+}
+
+/// `FILE-scaling.svg` next to `FILE.svg` (`.png` next to `.png`).
 pub(crate) fn scaling_path(path: &Path) -> PathBuf {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "storm".into());
-    path.with_file_name(format!("{stem}-scaling.svg"))
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svg".into());
+    path.with_file_name(format!("{stem}-scaling.{ext}"))
+}
+
+/// Registers the built-in font as "sans-serif", once.
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut failed = false;
+    ONCE.call_once(|| {
+        failed = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_err();
+    });
+    if failed {
+        bail!("drawing the plot: the built-in font did not load");
+    }
+    Ok(())
 }
 
 /// Draws RPCs per second per node over time to `path`, and RPCs per node and
-/// hops against n to [`scaling_path`].
+/// hops against n to [`scaling_path`], as SVG or PNG by `path`'s extension.
 pub(crate) fn draw(
     path: &Path,
     runs: &[StormResult],
     rpcs_fit: Option<&LogFit>,
     hops_fit: Option<&LogFit>,
 ) -> Result<()> {
-    rate_over_time(path, runs)?;
-    scaling(&scaling_path(path), runs, rpcs_fit, hops_fit)
+    register_font()?;
+    let scaling_to = scaling_path(path);
+    match format_of(path)? {
+        Format::Svg => {
+            rate_over_time(SVGBackend::new(path, SIZE).into_drawing_area(), runs)?;
+            scaling(
+                SVGBackend::new(&scaling_to, SIZE).into_drawing_area(),
+                runs,
+                rpcs_fit,
+                hops_fit,
+            )
+        }
+        Format::Png => {
+            rate_over_time(BitMapBackend::new(path, SIZE).into_drawing_area(), runs)?;
+            scaling(
+                BitMapBackend::new(&scaling_to, SIZE).into_drawing_area(),
+                runs,
+                rpcs_fit,
+                hops_fit,
+            )
+        }
+    }
 }
 
-fn rate_over_time(path: &Path, runs: &[StormResult]) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+fn rate_over_time<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    runs: &[StormResult],
+) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let t_max = runs
         .iter()
@@ -97,13 +169,12 @@ fn rate_over_time(path: &Path, runs: &[StormResult]) -> Result<()> {
     Ok(())
 }
 
-fn scaling(
-    path: &Path,
+fn scaling<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
     runs: &[StormResult],
     rpcs_fit: Option<&LogFit>,
     hops_fit: Option<&LogFit>,
 ) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n_min = runs.iter().map(|r| r.n).min().unwrap_or(10).max(1) as f64;
     let n_max = runs.iter().map(|r| r.n).max().unwrap_or(10).max(2) as f64;

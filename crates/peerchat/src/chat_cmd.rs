@@ -117,10 +117,10 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     web: bool,
     /// DHT bucket size and replication factor.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K, value_parser = crate::at_least_one)]
     k: usize,
     /// DHT lookup parallelism.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA, value_parser = crate::at_least_one)]
     alpha: usize,
 }
 

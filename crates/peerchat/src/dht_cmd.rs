@@ -66,10 +66,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "IP:PORT")]
     bootstrap: Vec<String>,
     /// Bucket size and replication factor.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K, value_parser = crate::at_least_one)]
     k: usize,
     /// Requests in flight per lookup.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA, value_parser = crate::at_least_one)]
     alpha: usize,
 }
 

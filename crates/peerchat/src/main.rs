@@ -50,6 +50,16 @@ enum BenchCommand {
     Registrations(bench::registrations::RegistrationsArgs),
 }
 
+/// Parses `--k` and `--alpha`: a whole number of at least 1 (a bucket of 0
+/// contacts, or a lookup with no request in flight, would never find anyone).
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::Sim(_))) {

@@ -46,10 +46,10 @@ pub(crate) struct SimArgs {
     #[arg(long)]
     seed: u64,
     /// Bucket size and replication.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K, value_parser = crate::at_least_one)]
     k: usize,
     /// Lookup parallelism.
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA, value_parser = crate::at_least_one)]
     alpha: usize,
     /// find_node lookups from random live nodes.
     #[arg(long, default_value_t = 1000)]

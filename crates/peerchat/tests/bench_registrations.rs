@@ -55,6 +55,64 @@ fn storm(args: &[&str], ext: &str) -> Value {
     report
 }
 
+/// Runs the benchmark with `args`, which must fail at once; returns stderr.
+fn refused(args: &[&str]) -> String {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .args(["bench", "registrations"])
+        .args(args)
+        .output()
+        .expect("running peerchat");
+    assert!(!out.status.success(), "{args:?} was accepted");
+    // Refused before any storm starts, not after the sweep.
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "{args:?} ran before failing"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_options_are_refused_before_the_sweep_with_a_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nowhere = dir.path().join("no-such-folder");
+    let jpg = dir.path().join("storm.jpg");
+    let in_nowhere = nowhere.join("storm.svg");
+    let json_in_nowhere = nowhere.join("storm.json");
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--nodes", "1"], "at least 2 users"),
+        (vec!["--nodes", "10", "--k", "0"], "must be at least 1"),
+        (vec!["--nodes", "10", "--alpha", "0"], "must be at least 1"),
+        (
+            vec!["--nodes", "10", "--plot", jpg.to_str().expect("utf-8")],
+            ".svg or .png",
+        ),
+        (
+            vec![
+                "--nodes",
+                "10",
+                "--plot",
+                in_nowhere.to_str().expect("utf-8"),
+            ],
+            "no folder",
+        ),
+        (
+            vec![
+                "--nodes",
+                "10",
+                "--json",
+                json_in_nowhere.to_str().expect("utf-8"),
+            ],
+            "cannot write there",
+        ),
+    ];
+    for (args, reason) in cases {
+        let err = refused(&args);
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+    assert!(!jpg.exists(), "nothing drawn for a refused run");
+}
+
 fn num(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()

@@ -46,10 +46,10 @@ pub(crate) struct DhtBenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub(crate) nodes: usize,
     /// Bucket size and replication of Peerchat's nodes (the `mainline` crate's is fixed at 20).
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_K, value_parser = crate::at_least_one)]
     pub(crate) k: usize,
     /// Lookup parallelism of Peerchat's nodes (the `mainline` crate's is not configurable).
-    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA)]
+    #[arg(long, default_value_t = peerchat_kad::DEFAULT_ALPHA, value_parser = crate::at_least_one)]
     pub(crate) alpha: usize,
     /// Also run the same benchmark with the nodes of another implementation.
     #[arg(long, value_enum)]

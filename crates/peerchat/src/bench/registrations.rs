@@ -69,10 +69,10 @@ pub(crate) struct RegistrationsArgs {
     )]
     pub(crate) nodes: Vec<usize>,
     /// DHT bucket size and replication.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::at_least_one)]
     pub(crate) k: usize,
     /// DHT lookup parallelism.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::at_least_one)]
     pub(crate) alpha: usize,
     /// Write every figure (with the RPC-rate curves) to this JSON file.
     #[arg(long, value_name = "FILE")]
@@ -1090,8 +1090,23 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
     if args.worker {
         return run_worker();
     }
-    if args.nodes.is_empty() || args.nodes.contains(&0) {
-        bail!("--nodes needs one or more counts above 0, e.g. --nodes 10,20,40");
+    if args.nodes.is_empty() || args.nodes.iter().any(|&n| n < 2) {
+        bail!(
+            "--nodes needs one or more counts of at least 2 users (a lone user has nobody to hold its name), e.g. --nodes 10,20,40"
+        );
+    }
+    // Checked before the sweep rather than when writing after its first n.
+    if let Some(path) = &args.plot {
+        plot::check_path(path)?;
+    }
+    if let Some(path) = &args.json {
+        // Opened, not truncated: an earlier report stays until this one replaces it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("--json {}: cannot write there", path.display()))?;
     }
     let sweep = Instant::now();
     let mut runs = Vec::new();

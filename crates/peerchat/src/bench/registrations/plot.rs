@@ -55,6 +55,20 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
+/// Checks `--plot FILE` before a sweep starts (the extension, and that its
+/// folder exists), so a long sweep does not end in an error.
+pub(crate) fn check_path(path: &Path) -> Result<()> {
+    format_of(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("--plot {}: no folder {}", path.display(), dir.display());
+    }
+    Ok(())
+}
+
 /// `FILE-scaling.svg` next to `FILE.svg` (`.png` next to `.png`).
 pub(crate) fn scaling_path(path: &Path) -> PathBuf {
     let stem = path

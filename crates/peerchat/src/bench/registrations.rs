@@ -1117,7 +1117,7 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
             storm(n, &args).with_context(|| format!("the storm of {n} users"))?
         };
         eprint!("\r\x1b[K");
-        println!("{}", line(&r));
+        println!("{}", report_lines(&r));
         if !r.errors.is_empty() {
             for e in r.errors.iter().take(5) {
                 println!("    {e}");
@@ -1189,34 +1189,76 @@ fn write_outputs(
     Ok(report)
 }
 
-fn line(r: &StormResult) -> String {
+/// What one storm measured, for the terminal: a few lines per n.
+fn report_lines(r: &StormResult) -> String {
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let methods = r
+        .rpcs_per_node_by_method
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(m, v)| format!("{m} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (peak_at, peak) = r
+        .rpc_rate
+        .iter()
+        .copied()
+        .fold((0.0, 0.0), |best, p| if p.1 > best.1 { p } else { best });
+    let workers = if r.workers == 1 { "worker" } else { "workers" };
     format!(
-        "n={:<6} {:>4}: storm {:>6.2} s (joins {:.2} s), total {:>6.2} s, {:>6.1} RPCs/user ({:.0} with the check), unregistered {}, contacts min/p50 {}/{}, hops p50/p99 {}/{}, resolved {}/{}, delivered {}/{}, whois p50 {} ms p99 {} ms, peak {:.0} KiB/user (RSS +{:.0}), CPU {:.1} ms/user, {} fds max, {} workers",
-        r.n,
-        r.mode,
-        r.registered_seconds,
-        r.join_seconds,
-        r.total_seconds,
-        r.rpcs_per_node,
-        r.rpcs_per_node_total,
-        r.join_failures + r.announce_failures,
-        r.contacts_min,
-        r.contacts_p50,
-        opt(r.hops_p50, 0),
-        opt(r.hops_p99, 0),
-        r.resolved,
-        r.resolutions,
-        r.delivered,
-        r.messages,
-        opt(r.name_lookup_ms.p50, 2),
-        opt(r.name_lookup_ms.p99, 2),
-        r.peak_memory_per_node_kib,
-        r.rss_delta_per_node_kib,
-        r.cpu_seconds_per_node * 1e3,
-        r.fd_peak,
-        r.workers,
+        "n={n} ({mode}, k={k}, alpha={alpha}, {w} {workers}): storm {storm:.2} s (logins {joins:.2} s), total with the check {total:.2} s, unregistered {unreg}
+    RPCs per user: {rpcs:.1} in the storm ({methods}), {rpcs_total:.0} with the check; timeouts {timeouts:.1} per user
+    RPCs per second per node: {spark} peak {peak:.0} at {peak_at:.1} s
+    lookup hops p50/p99 {h50}/{h99}; contacts per user min/p50 {cmin}/{c50}
+    resolved {res}/{ress}, delivered {del}/{msgs}, whois p50 {w50} ms p99 {w99} ms
+    peak memory {mem:.0} KiB per user (RSS +{rss:.0}), CPU {cpu:.1} ms per user, {fds} open files at most in a process",
+        n = r.n,
+        mode = r.mode,
+        k = r.k,
+        alpha = r.alpha,
+        w = r.workers,
+        storm = r.registered_seconds,
+        joins = r.join_seconds,
+        total = r.total_seconds,
+        unreg = r.join_failures + r.announce_failures,
+        rpcs = r.rpcs_per_node,
+        rpcs_total = r.rpcs_per_node_total,
+        timeouts = r.timeouts_per_node,
+        spark = sparkline(&r.rpc_rate, 40),
+        h50 = opt(r.hops_p50, 0),
+        h99 = opt(r.hops_p99, 0),
+        cmin = r.contacts_min,
+        c50 = r.contacts_p50,
+        res = r.resolved,
+        ress = r.resolutions,
+        del = r.delivered,
+        msgs = r.messages,
+        w50 = opt(r.name_lookup_ms.p50, 2),
+        w99 = opt(r.name_lookup_ms.p99, 2),
+        mem = r.peak_memory_per_node_kib,
+        rss = r.rss_delta_per_node_kib,
+        cpu = r.cpu_seconds_per_node * 1e3,
+        fds = r.fd_peak,
     )
+}
+
+/// `points` (time, value) as at most `width` bars from ▁ to █, each the
+/// largest value of its slice of time; empty if there is nothing to draw.
+fn sparkline(points: &[(f64, f64)], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    if points.is_empty() || width == 0 || max <= 0.0 {
+        return String::new();
+    }
+    let per = points.len().div_ceil(width);
+    points
+        .chunks(per)
+        .map(|c| {
+            let v = c.iter().map(|p| p.1).fold(0.0, f64::max);
+            let i = ((v / max) * (BARS.len() - 1) as f64).round() as usize;
+            BARS[i.min(BARS.len() - 1)]
+        })
+        .collect()
 }
 
 fn default_dir() -> PathBuf {
@@ -1781,6 +1823,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_sparkline_scales_to_the_peak_and_fits_its_width() {
+        let pts: Vec<(f64, f64)> = (0..100).map(|i| (i as f64 / 10.0, i as f64)).collect();
+        let s = sparkline(&pts, 40);
+        assert_eq!(s.chars().count(), 34, "{s}");
+        assert_eq!(s.chars().next(), Some('▁'));
+        assert_eq!(s.chars().last(), Some('█'));
+        // Each bar is its slice's largest value: a lone spike shows.
+        let mut spike = vec![(0.0, 0.0); 80];
+        spike[41].1 = 5.0;
+        spike[0].1 = 1.0;
+        let s: Vec<char> = sparkline(&spike, 40).chars().collect();
+        assert_eq!((s.len(), s[20], s[0], s[1]), (40, '█', '▂', '▁'));
+        assert_eq!(sparkline(&[], 40), "");
+        assert_eq!(sparkline(&[(0.0, 0.0)], 40), "");
     }
 
     #[test]

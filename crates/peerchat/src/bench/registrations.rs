@@ -1204,42 +1204,66 @@ fn report_lines(r: &StormResult) -> String {
         .iter()
         .copied()
         .fold((0.0, 0.0), |best, p| if p.1 > best.1 { p } else { best });
-    let workers = if r.workers == 1 { "worker" } else { "workers" };
-    format!(
-        "n={n} ({mode}, k={k}, alpha={alpha}, {w} {workers}): storm {storm:.2} s (logins {joins:.2} s), total with the check {total:.2} s, unregistered {unreg}
-    RPCs per user: {rpcs:.1} in the storm ({methods}), {rpcs_total:.0} with the check; timeouts {timeouts:.1} per user
-    RPCs per second per node: {spark} peak {peak:.0} at {peak_at:.1} s
-    lookup hops p50/p99 {h50}/{h99}; contacts per user min/p50 {cmin}/{c50}
-    resolved {res}/{ress}, delivered {del}/{msgs}, whois p50 {w50} ms p99 {w99} ms
-    peak memory {mem:.0} KiB per user (RSS +{rss:.0}), CPU {cpu:.1} ms per user, {fds} open files at most in a process",
-        n = r.n,
-        mode = r.mode,
-        k = r.k,
-        alpha = r.alpha,
-        w = r.workers,
-        storm = r.registered_seconds,
-        joins = r.join_seconds,
-        total = r.total_seconds,
-        unreg = r.join_failures + r.announce_failures,
-        rpcs = r.rpcs_per_node,
-        rpcs_total = r.rpcs_per_node_total,
-        timeouts = r.timeouts_per_node,
-        spark = sparkline(&r.rpc_rate, 40),
-        h50 = opt(r.hops_p50, 0),
-        h99 = opt(r.hops_p99, 0),
-        cmin = r.contacts_min,
-        c50 = r.contacts_p50,
-        res = r.resolved,
-        ress = r.resolutions,
-        del = r.delivered,
-        msgs = r.messages,
-        w50 = opt(r.name_lookup_ms.p50, 2),
-        w99 = opt(r.name_lookup_ms.p99, 2),
-        mem = r.peak_memory_per_node_kib,
-        rss = r.rss_delta_per_node_kib,
-        cpu = r.cpu_seconds_per_node * 1e3,
-        fds = r.fd_peak,
-    )
+    let sim = r.mode == "sim";
+    let place = if sim {
+        "the simulator, virtual time".to_string()
+    } else if r.workers == 1 {
+        "1 worker process".to_string()
+    } else {
+        format!("{} worker processes", r.workers)
+    };
+    let mut out = format!(
+        "n={} ({}, k={}, alpha={}, {place}): storm {:.2} s (logins {:.2} s), total with the check {:.2} s, unregistered {}",
+        r.n,
+        r.mode,
+        r.k,
+        r.alpha,
+        r.registered_seconds,
+        r.join_seconds,
+        r.total_seconds,
+        r.join_failures + r.announce_failures,
+    );
+    out += &format!(
+        "\n    RPCs per user: {:.1} in the storm ({methods}), {:.0} with the check; timeouts {:.1} per user",
+        r.rpcs_per_node, r.rpcs_per_node_total, r.timeouts_per_node
+    );
+    out += &format!(
+        "\n    RPCs per second per node: {} peak {peak:.0} at {peak_at:.1} s",
+        sparkline(&r.rpc_rate, 40)
+    );
+    out += &format!(
+        "\n    lookup hops p50/p99 {}/{}",
+        opt(r.hops_p50, 0),
+        opt(r.hops_p99, 0)
+    );
+    if !sim {
+        out += &format!(
+            "; contacts per user min/p50 {}/{}",
+            r.contacts_min, r.contacts_p50
+        );
+    }
+    let (p50, p99) = (opt(r.name_lookup_ms.p50, 2), opt(r.name_lookup_ms.p99, 2));
+    if sim {
+        out += &format!(
+            "\n    resolved {}/{} (a BEP 44 get of the claim; no messaging), get p50 {p50} ms p99 {p99} ms",
+            r.resolved, r.resolutions
+        );
+    } else {
+        out += &format!(
+            "\n    resolved {}/{}, delivered {}/{}, whois p50 {p50} ms p99 {p99} ms",
+            r.resolved, r.resolutions, r.delivered, r.messages
+        );
+    }
+    out += &format!(
+        "\n    peak memory {:.0} KiB per user (RSS +{:.0}), CPU {:.1} ms per user",
+        r.peak_memory_per_node_kib,
+        r.rss_delta_per_node_kib,
+        r.cpu_seconds_per_node * 1e3
+    );
+    if !sim {
+        out += &format!(", {} open files at most in a process", r.fd_peak);
+    }
+    out
 }
 
 /// `points` (time, value) as at most `width` bars from ▁ to █, each the

@@ -112,7 +112,7 @@ pub(crate) fn draw(
     let scaling_to = scaling_path(path);
     match format_of(path)? {
         Format::Svg => {
-            rate_over_time(SVGBackend::new(path, SIZE).into_drawing_area(), runs)?;
+            rate_over_time(SVGBackend::new(path, SIZE).into_drawing_area(), runs, 2)?;
             scaling(
                 SVGBackend::new(&scaling_to, SIZE).into_drawing_area(),
                 runs,
@@ -121,7 +121,10 @@ pub(crate) fn draw(
             )
         }
         Format::Png => {
-            rate_over_time(BitMapBackend::new(path, SIZE).into_drawing_area(), runs)?;
+            // Lines one pixel wide: plotters draws wider ones as polygons whose
+            // sharp corners (a near-vertical drop on a long time axis) spike far
+            // past the line, out of the chart.
+            rate_over_time(BitMapBackend::new(path, SIZE).into_drawing_area(), runs, 1)?;
             scaling(
                 BitMapBackend::new(&scaling_to, SIZE).into_drawing_area(),
                 runs,
@@ -132,9 +135,11 @@ pub(crate) fn draw(
     }
 }
 
+/// `line`: the curves' width in pixels.
 fn rate_over_time<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     runs: &[StormResult],
+    line: u32,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let t_max = runs
@@ -164,7 +169,7 @@ fn rate_over_time<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(
                 r.rpc_rate.iter().copied(),
-                color.stroke_width(2),
+                color.stroke_width(line),
             ))
             .map_err(err)?
             .label(format!("n = {}", r.n))

@@ -257,15 +257,42 @@ fn unix_ms() -> u64 {
 
 /// A `kB` field of `/proc/self/status`.
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_kib("/proc/self/status", field).unwrap_or(0)
+}
+
+/// A `kB` field of a `/proc` file such as `/proc/self/status` or `/proc/meminfo`.
+fn proc_kib(file: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(file).ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Memory per user below which no storm has measured (docs/benchmarks.md):
+/// 269 KiB per real user (n = 10,240), 37 KiB per simulated one (n = 100,000).
+const REAL_USER_KIB: u64 = 260;
+const SIM_USER_KIB: u64 = 36;
+
+/// Refuses a storm that cannot fit in this machine's available memory, before
+/// it runs for minutes and is killed by the kernel's out-of-memory killer.
+fn check_memory(n: usize, sim: bool, available_kib: Option<u64>) -> Result<()> {
+    let Some(available) = available_kib else {
+        return Ok(());
+    };
+    let per_user = if sim { SIM_USER_KIB } else { REAL_USER_KIB };
+    let need = per_user.saturating_mul(n as u64);
+    if need > available {
+        let gib = |kib: u64| kib as f64 / (1024.0 * 1024.0);
+        bail!(
+            "{n} {} users need at least {:.1} GiB ({per_user} KiB each, the least measured), and {:.1} GiB is available: try fewer",
+            if sim { "simulated" } else { "real" },
+            gib(need),
+            gib(available)
+        );
+    }
+    Ok(())
 }
 
 fn open_fds() -> usize {
@@ -1096,6 +1123,10 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
         );
     }
     // Checked before the sweep rather than when writing after its first n.
+    let available = proc_kib("/proc/meminfo", "MemAvailable:");
+    for &n in &args.nodes {
+        check_memory(n, args.sim, available)?;
+    }
     if let Some(path) = &args.plot {
         plot::check_path(path)?;
     }
@@ -1864,6 +1895,20 @@ mod tests {
         assert_eq!((s.len(), s[20], s[0], s[1]), (40, '█', '▂', '▁'));
         assert_eq!(sparkline(&[], 40), "");
         assert_eq!(sparkline(&[(0.0, 0.0)], 40), "");
+    }
+
+    #[test]
+    fn storms_that_cannot_fit_in_memory_are_refused() {
+        let gib = 1024 * 1024;
+        // This machine: 24 GiB, about 23 available.
+        let avail = Some(23 * gib);
+        assert!(check_memory(100_000, true, avail).is_ok());
+        let e = check_memory(1_000_000, true, avail).expect_err("1,000,000 simulated nodes");
+        assert!(e.to_string().contains("34.3 GiB"), "{e}");
+        assert!(check_memory(10_240, false, avail).is_ok());
+        assert!(check_memory(100_000, false, avail).is_err());
+        // Unknown: let it run.
+        assert!(check_memory(1_000_000, true, None).is_ok());
     }
 
     #[test]

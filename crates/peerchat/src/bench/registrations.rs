@@ -271,7 +271,8 @@ fn proc_kib(file: &str, field: &str) -> Option<u64> {
 }
 
 /// Memory per user below which no storm has measured (docs/benchmarks.md):
-/// 269 KiB per real user (n = 10,240), 37 KiB per simulated one (n = 100,000).
+/// 269 KiB per real user (n = 10,240), 37 KiB per simulated one (n = 100,000);
+/// the figures below are a little under those.
 const REAL_USER_KIB: u64 = 260;
 const SIM_USER_KIB: u64 = 36;
 

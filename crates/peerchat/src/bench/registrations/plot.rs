@@ -110,29 +110,38 @@ pub(crate) fn draw(
 ) -> Result<()> {
     register_font()?;
     let scaling_to = scaling_path(path);
+    let fits = (rpcs_fit, hops_fit);
     match format_of(path)? {
-        Format::Svg => {
-            rate_over_time(SVGBackend::new(path, SIZE).into_drawing_area(), runs, 2)?;
-            scaling(
-                SVGBackend::new(&scaling_to, SIZE).into_drawing_area(),
-                runs,
-                rpcs_fit,
-                hops_fit,
-            )
-        }
-        Format::Png => {
-            // Lines one pixel wide: plotters draws wider ones as polygons whose
-            // sharp corners (a near-vertical drop on a long time axis) spike far
-            // past the line, out of the chart.
-            rate_over_time(BitMapBackend::new(path, SIZE).into_drawing_area(), runs, 1)?;
-            scaling(
-                BitMapBackend::new(&scaling_to, SIZE).into_drawing_area(),
-                runs,
-                rpcs_fit,
-                hops_fit,
-            )
-        }
+        Format::Svg => both(
+            SVGBackend::new(path, SIZE),
+            SVGBackend::new(&scaling_to, SIZE),
+            runs,
+            fits,
+            2,
+        ),
+        // Lines one pixel wide: plotters draws wider ones as polygons whose
+        // sharp corners (a near-vertical drop on a long time axis) spike far
+        // past the line, out of the chart.
+        Format::Png => both(
+            BitMapBackend::new(path, SIZE),
+            BitMapBackend::new(&scaling_to, SIZE),
+            runs,
+            fits,
+            1,
+        ),
     }
+}
+
+/// Both figures, on two backends of one kind; `line`: the curves' width.
+fn both<DB: DrawingBackend>(
+    rate: DB,
+    scaling_to: DB,
+    runs: &[StormResult],
+    (rpcs_fit, hops_fit): (Option<&LogFit>, Option<&LogFit>),
+    line: u32,
+) -> Result<()> {
+    rate_over_time(rate.into_drawing_area(), runs, line)?;
+    scaling(scaling_to.into_drawing_area(), runs, rpcs_fit, hops_fit)
 }
 
 /// `line`: the curves' width in pixels.

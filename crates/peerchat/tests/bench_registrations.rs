@@ -175,3 +175,61 @@ fn tiny_simulated_storm_resolves_every_name() {
         assert!(num(run, "rpcs_per_node") > 0.0);
     }
 }
+
+/// The worker processes of `pid` (its children), once `count` of them run.
+fn children(pid: u32, count: usize) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("/proc/PID/task/PID/children");
+        let pids: Vec<u32> = list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.len() >= count {
+            return pids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} workers started",
+            pids.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Three workers of 8 users, logins 300 ms apart: the storm lasts seconds.
+    let child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .args(["bench", "registrations", "--nodes", "24"])
+        .args(["--users-per-worker", "8", "--join-interval-ms", "300"])
+        .args(["--seed", "7", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running peerchat");
+    let workers = children(child.id(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-9", &workers[1].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let at = std::time::Instant::now();
+    let out = child.wait_with_output().expect("waiting for peerchat");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the storm went on without worker 1");
+    assert!(
+        stderr.contains("worker process 1 exited in the middle of the storm"),
+        "{stderr}"
+    );
+    // Not the phase's budget of minutes: the end of its output is seen.
+    assert!(
+        at.elapsed() < std::time::Duration::from_secs(10),
+        "failed after {:?}",
+        at.elapsed()
+    );
+}

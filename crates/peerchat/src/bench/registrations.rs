@@ -883,12 +883,14 @@ impl Worker {
 /// A worker process and its reply lines.
 struct WorkerProc {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed (a worker exits at the end of its input).
+    stdin: Option<ChildStdin>,
 }
 
 struct Workers {
     procs: Vec<WorkerProc>,
-    replies: mpsc::Receiver<(usize, String)>,
+    /// Reply lines, and `None` once a worker's output ends (it exited).
+    replies: mpsc::Receiver<(usize, Option<String>)>,
 }
 
 impl Workers {
@@ -913,21 +915,28 @@ impl Workers {
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(l) = line else { break };
-                    if tx.send((w, l)).is_err() {
-                        break;
+                    if tx.send((w, Some(l))).is_err() {
+                        return;
                     }
                 }
+                let _ = tx.send((w, None));
             });
-            procs.push(WorkerProc { child, stdin });
+            procs.push(WorkerProc {
+                child,
+                stdin: Some(stdin),
+            });
         }
         Ok(Workers { procs, replies })
     }
 
     fn send(&mut self, w: usize, cmd: &Cmd) -> Result<()> {
-        let p = &mut self.procs[w];
-        serde_json::to_writer(&mut p.stdin, cmd)?;
-        p.stdin.write_all(b"\n")?;
-        p.stdin.flush()?;
+        let stdin = self.procs[w]
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("worker {w}'s input is closed"))?;
+        serde_json::to_writer(&mut *stdin, cmd)?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
         Ok(())
     }
 
@@ -948,7 +957,13 @@ impl Workers {
             }
             progress(waited.as_secs_f64());
             match self.replies.recv_timeout(Duration::from_millis(200)) {
-                Ok((w, line)) => {
+                // A worker that answered `Finish` exits: its end comes after
+                // its reply. Any other end means its users' nodes are gone.
+                Ok((w, None)) if out[w].is_some() => {}
+                Ok((w, None)) => bail!(
+                    "worker process {w} exited in the middle of the storm (killed, or out of memory?): its users are gone"
+                ),
+                Ok((w, Some(line))) => {
                     let r: Reply = serde_json::from_str(&line)
                         .with_context(|| format!("worker {w} said {line:?}"))?;
                     if let Reply::Error { message } = &r {
@@ -971,9 +986,14 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Workers that answered `Finish` are gone already; the others (a storm
+    /// that failed) get the end of their input, then a kill if they linger.
     fn drop(&mut self) {
         for p in &mut self.procs {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            p.stdin = None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for p in &mut self.procs {
             loop {
                 match p.child.try_wait() {
                     Ok(Some(_)) => break,

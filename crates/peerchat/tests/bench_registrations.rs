@@ -233,3 +233,41 @@ fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
         at.elapsed()
     );
 }
+
+#[test]
+fn a_stopped_storm_kills_its_workers_and_removes_its_data_dirs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
+        .args(["bench", "registrations", "--nodes", "24"])
+        .args(["--users-per-worker", "8", "--join-interval-ms", "300"])
+        .args(["--seed", "7", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running peerchat");
+    let workers = children(child.id(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let storm_dirs = || std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(storm_dirs(), 1, "the storm's data dirs are there");
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("waiting for peerchat");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted: workers stopped"), "{stderr}");
+    // The workers it killed are not reported as a failure of the storm.
+    assert!(!stderr.contains("exited in the middle"), "{stderr}");
+    assert_eq!(storm_dirs(), 0, "data dirs left behind");
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists()
+                || std::fs::read_to_string(format!("/proc/{w}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "worker {w} still runs"
+        );
+    }
+}

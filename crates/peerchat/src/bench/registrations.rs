@@ -55,6 +55,7 @@ use tokio::task::JoinSet;
 
 use super::{cpu_seconds, percentile};
 
+mod interrupt;
 mod plot;
 mod sim;
 
@@ -367,6 +368,10 @@ async fn worker_main() -> Result<()> {
                 break;
             }
         }
+        // The benchmark closed our input without a `Finish` (it failed, or was
+        // stopped): its users are of no more use, and a command being handled
+        // could take minutes.
+        std::process::exit(0);
     });
     let mut w = Worker {
         rss_base_kib: status_kib("VmRSS:"),
@@ -882,7 +887,8 @@ impl Worker {
 
 /// A worker process and its reply lines.
 struct WorkerProc {
-    child: Child,
+    /// Shared with the clean-up on interrupt.
+    child: Arc<Mutex<Child>>,
     /// `None` once closed (a worker exits at the end of its input).
     stdin: Option<ChildStdin>,
 }
@@ -921,6 +927,8 @@ impl Workers {
                 }
                 let _ = tx.send((w, None));
             });
+            let child = Arc::new(Mutex::new(child));
+            interrupt::watch_child(&child);
             procs.push(WorkerProc {
                 child,
                 stdin: Some(stdin),
@@ -994,19 +1002,22 @@ impl Drop for Workers {
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         for p in &mut self.procs {
+            let mut child = p.child.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                match p.child.try_wait() {
+                match child.try_wait() {
                     Ok(Some(_)) => break,
                     Ok(None) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     _ => {
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
+                        let _ = child.kill();
+                        let _ = child.wait();
                         break;
                     }
                 }
             }
+            drop(child);
+            interrupt::forget_child(&p.child);
         }
     }
 }
@@ -1138,6 +1149,18 @@ pub(crate) fn run(args: RegistrationsArgs) -> Result<()> {
     if args.worker {
         return run_worker();
     }
+    let r = sweep(args);
+    if interrupt::interrupted() {
+        // Stopped by a signal: its handler reports, cleans up and exits; what
+        // failed here failed because of it.
+        loop {
+            std::thread::park();
+        }
+    }
+    r
+}
+
+fn sweep(args: RegistrationsArgs) -> Result<()> {
     if args.nodes.is_empty() || args.nodes.iter().any(|&n| n < 2) {
         bail!(
             "--nodes needs one or more counts of at least 2 users (a lone user has nobody to hold its name), e.g. --nodes 10,20,40"
@@ -1372,6 +1395,15 @@ fn ms_of(samples: &mut [f64]) -> Millis {
     }
 }
 
+/// Forgets a dir that the clean-up on interrupt watched, when dropped.
+struct ForgetDir(PathBuf);
+
+impl Drop for ForgetDir {
+    fn drop(&mut self) {
+        interrupt::forget_dir(&self.0);
+    }
+}
+
 /// One storm of `n` real users.
 fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     let n32 = u32::try_from(n).map_err(|_| anyhow!("too many users: {n}"))?;
@@ -1383,6 +1415,11 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
         .prefix(&format!("peerchat-storm-{n}-"))
         .tempdir_in(&base)
         .with_context(|| format!("making a directory in {}", base.display()))?;
+    // Removed by the clean-up on interrupt, until dropped (declared after `dir`,
+    // it drops first: the dir is forgotten, then removed).
+    interrupt::install();
+    interrupt::watch_dir(dir.path());
+    let _forget = ForgetDir(dir.path().to_path_buf());
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
     let port: u16 = rand::rng().random_range(10_000..30_000);
     let per = args.users_per_worker.max(1);

@@ -198,10 +198,11 @@ fn children(pid: u32, count: usize) -> Vec<u32> {
     }
 }
 
-#[test]
-fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
+/// A storm of three workers of 8 users, logins 300 ms apart, half a second
+/// after its workers started: it lasts seconds more, time to stop it or a
+/// worker. Returns the dir of its data dirs, the process and its workers.
+fn slow_storm() -> (tempfile::TempDir, std::process::Child, Vec<u32>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    // Three workers of 8 users, logins 300 ms apart: the storm lasts seconds.
     let child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
         .args(["bench", "registrations", "--nodes", "24"])
         .args(["--users-per-worker", "8", "--join-interval-ms", "300"])
@@ -213,11 +214,22 @@ fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
         .expect("running peerchat");
     let workers = children(child.id(), 3);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let killed = Command::new("kill")
-        .args(["-9", &workers[1].to_string()])
+    (dir, child, workers)
+}
+
+/// Sends `sig` (`-KILL`, `-TERM`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let sent = Command::new("kill")
+        .args([sig, &pid.to_string()])
         .status()
         .expect("kill");
-    assert!(killed.success());
+    assert!(sent.success(), "kill {sig} {pid}");
+}
+
+#[test]
+fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
+    let (_dir, child, workers) = slow_storm();
+    signal(workers[1], "-KILL");
     let at = std::time::Instant::now();
     let out = child.wait_with_output().expect("waiting for peerchat");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -236,25 +248,10 @@ fn a_worker_killed_mid_storm_fails_the_run_at_once_with_the_reason() {
 
 #[test]
 fn a_stopped_storm_kills_its_workers_and_removes_its_data_dirs() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let child = Command::new(env!("CARGO_BIN_EXE_peerchat"))
-        .args(["bench", "registrations", "--nodes", "24"])
-        .args(["--users-per-worker", "8", "--join-interval-ms", "300"])
-        .args(["--seed", "7", "--dir"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running peerchat");
-    let workers = children(child.id(), 3);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (dir, child, workers) = slow_storm();
     let storm_dirs = || std::fs::read_dir(dir.path()).expect("dir").count();
     assert_eq!(storm_dirs(), 1, "the storm's data dirs are there");
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    signal(child.id(), "-TERM");
     let out = child.wait_with_output().expect("waiting for peerchat");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");

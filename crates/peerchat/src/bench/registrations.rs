@@ -1395,15 +1395,6 @@ fn ms_of(samples: &mut [f64]) -> Millis {
     }
 }
 
-/// Forgets a dir that the clean-up on interrupt watched, when dropped.
-struct ForgetDir(PathBuf);
-
-impl Drop for ForgetDir {
-    fn drop(&mut self) {
-        interrupt::forget_dir(&self.0);
-    }
-}
-
 /// One storm of `n` real users.
 fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
     let n32 = u32::try_from(n).map_err(|_| anyhow!("too many users: {n}"))?;
@@ -1415,11 +1406,10 @@ fn storm(n: usize, args: &RegistrationsArgs) -> Result<StormResult> {
         .prefix(&format!("peerchat-storm-{n}-"))
         .tempdir_in(&base)
         .with_context(|| format!("making a directory in {}", base.display()))?;
-    // Removed by the clean-up on interrupt, until dropped (declared after `dir`,
-    // it drops first: the dir is forgotten, then removed).
+    // Removed by the clean-up on interrupt while `_watched` lives (declared
+    // after `dir`, it drops first: the dir is forgotten, then removed).
     interrupt::install();
-    interrupt::watch_dir(dir.path());
-    let _forget = ForgetDir(dir.path().to_path_buf());
+    let _watched = interrupt::watch_dir(dir.path());
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
     let port: u16 = rand::rng().random_range(10_000..30_000);
     let per = args.users_per_worker.max(1);

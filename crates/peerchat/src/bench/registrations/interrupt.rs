@@ -38,14 +38,21 @@ fn started() -> MutexGuard<'static, Started> {
     STARTED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Removes `dir` if the run is interrupted.
-pub(super) fn watch_dir(dir: &Path) {
+/// Removes `dir` if the run is interrupted while the returned guard lives
+/// (drop it before the dir's owner removes the dir).
+pub(super) fn watch_dir(dir: &Path) -> WatchedDir {
     started().dirs.push(dir.to_path_buf());
+    WatchedDir(dir.to_path_buf())
 }
 
-/// `dir` was cleaned up by its owner.
-pub(super) fn forget_dir(dir: &Path) {
-    started().dirs.retain(|d| d != dir);
+/// See [`watch_dir`].
+#[must_use = "the dir is forgotten when this is dropped"]
+pub(super) struct WatchedDir(PathBuf);
+
+impl Drop for WatchedDir {
+    fn drop(&mut self) {
+        started().dirs.retain(|d| *d != self.0);
+    }
 }
 
 /// Kills `child` if the run is interrupted.
@@ -142,9 +149,8 @@ mod tests {
             .spawn()
             .expect("sleep");
         let child = Arc::new(Mutex::new(child));
-        watch_dir(&storm);
-        watch_dir(&kept);
-        forget_dir(&kept);
+        let _storm = watch_dir(&storm);
+        drop(watch_dir(&kept));
         watch_child(&child);
         assert_eq!(clean_up(), 1);
         assert!(!storm.exists() && kept.exists());

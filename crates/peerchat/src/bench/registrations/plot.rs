@@ -3,7 +3,7 @@
 //! figures look the same on a machine without fonts.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
@@ -82,19 +82,15 @@ pub(crate) fn scaling_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}-scaling.{ext}"))
 }
 
-/// Registers the built-in font as "sans-serif", once.
+/// Registers the built-in font as "sans-serif", once (every later call
+/// answers as the first did).
 fn register_font() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut failed = false;
-    ONCE.call_once(|| {
-        failed = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        )
-        .is_err();
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_ok()
     });
-    if failed {
+    if !loaded {
         bail!("drawing the plot: the built-in font did not load");
     }
     Ok(())
